@@ -1,0 +1,54 @@
+# AgentGraph. `make demo` runs the main job, `make test` runs what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: venv demo test unit lint typecheck imports check-crds crds bench report clean
+
+$(STAMP): pyproject.toml
+	rm -f $(VENV)/.installed-*
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+## demo: plan the paper's worked example and the voice agent on the shipped profiles
+demo: venv
+	$(BIN)/agentgraph plan examples/paper-worked-example.yaml --explain
+	$(BIN)/agentgraph plan examples/voice-agent.yaml --explain
+
+## test: everything CI runs (lint, types, import layers, stale CRDs, unit and property tests)
+test: lint typecheck imports check-crds unit
+
+unit: venv
+	$(BIN)/pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check operator tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+imports: venv
+	$(BIN)/lint-imports
+
+crds: venv
+	$(BIN)/agentgraph crds --out crds
+
+check-crds: venv
+	$(BIN)/pytest -q tests/test_crds.py
+
+## bench: planner solve time on generated graphs (table printed, results in bench/results/)
+bench: venv
+	$(BIN)/python bench/planner_bench.py --out bench/results/planner.json
+
+## report: the seed paper's evaluation (table + PNG chart in reports/)
+report: venv
+	$(BIN)/agentgraph report paper --out reports
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results reports

@@ -1,0 +1,241 @@
+"""AgentGraph: the user's steps, edges, bounded loops and SLA."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from agentgraph.api.common import ApiModel, Fraction, Name, ObjectMeta, PositiveFloat
+
+MAX_STEPS = 512
+
+
+class StepKind(StrEnum):
+    LLM = "llm"
+    EMBEDDING = "embedding"
+    VECTOR_SEARCH = "vector-search"
+    TOOL = "tool"
+    SPEECH_TO_TEXT = "speech-to-text"
+    TEXT_TO_SPEECH = "text-to-speech"
+    COMPUTE = "compute"
+    AGENT = "agent"
+
+
+# The per-kind block each kind needs, by its field name on the wire.
+KIND_FIELD: dict[StepKind, str] = {
+    StepKind.LLM: "llm",
+    StepKind.EMBEDDING: "embedding",
+    StepKind.VECTOR_SEARCH: "vectorSearch",
+    StepKind.TOOL: "tool",
+    StepKind.SPEECH_TO_TEXT: "speechToText",
+    StepKind.TEXT_TO_SPEECH: "textToSpeech",
+    StepKind.COMPUTE: "compute",
+    StepKind.AGENT: "agent",
+}
+
+
+class PoolConstraints(ApiModel):
+    allowed_pools: list[Name] = Field(default_factory=list, max_length=64)
+    forbidden_pools: list[Name] = Field(default_factory=list, max_length=64)
+    pinned_pool: Name | None = None
+
+
+class ModelShape(ApiModel):
+    name: str | None = None
+    parameters_billions: PositiveFloat
+    layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    dtype_bytes: Literal[0.5, 1, 2, 4] = 2  # 2: FP16/BF16, 1: FP8
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelShape:
+        if self.kv_heads > self.heads:
+            raise ValueError("kvHeads cannot exceed heads")
+        return self
+
+
+class LLMWorkload(ApiModel):
+    model: ModelShape
+    input_tokens: int = Field(ge=1, le=1_048_576)
+    output_tokens: int = Field(ge=1, le=1_048_576)
+    ttft_seconds: PositiveFloat | None = None  # overrides spec.sla.ttftSeconds
+    tbt_seconds: PositiveFloat | None = None  # overrides spec.sla.tbtSeconds
+    # auto: prefill and decode may land on different pools (KV moves between them);
+    # colocated: both phases on one pool.
+    disaggregation: Literal["auto", "colocated"] = "auto"
+    prefill: PoolConstraints | None = None
+    decode: PoolConstraints | None = None
+
+
+class SmallModelWorkload(ApiModel):
+    """Embedding, speech-to-text and text-to-speech: a small model run once per request."""
+
+    parameters_billions: PositiveFloat
+    dtype_bytes: Literal[0.5, 1, 2, 4] = 2
+    tokens: int | None = Field(default=None, ge=1)  # embedding: tokens embedded per request
+    audio_seconds: PositiveFloat | None = None  # STT: audio in; TTS: audio out
+    static_latency_seconds: float = Field(default=0.0, ge=0)
+
+
+class VectorSearchWorkload(ApiModel):
+    vectors: int = Field(ge=1)
+    dimensions: int = Field(ge=1, le=65536)
+    bytes_per_element: Literal[1, 2, 4] = 4
+    scanned_fraction: Fraction = 0.01  # share of the index an ANN query touches
+    queries_per_request: int = Field(default=1, ge=1)
+    static_latency_seconds: float = Field(default=0.0005, ge=0)
+    accelerated: bool = False  # may run on accelerators (GPU index)
+
+
+class ToolWorkload(ApiModel):
+    """I/O-bound work (web search, an API call): fixed latency, a little CPU, much concurrency."""
+
+    latency_seconds: PositiveFloat
+    cpu_cores: PositiveFloat = 0.25
+    memory_gb: PositiveFloat = 0.5
+    concurrency: int = Field(default=32, ge=1)
+
+
+class ComputeWorkload(ApiModel):
+    core_seconds: PositiveFloat  # CPU time per request
+    max_cores: int = Field(default=1, ge=1, le=256)  # how far one request parallelises
+    memory_gb: PositiveFloat = 1.0
+
+
+class AgentWorkload(ApiModel):
+    """A nested sub-graph; it is flattened into the parent as '<agent>.<step>'."""
+
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    loops: list[Loop] = Field(default_factory=list, max_length=64)
+
+
+class TableEntry(ApiModel):
+    """A measured figure for one (phase, pool): the paper's 'give the latency and cost directly'."""
+
+    pool: Name
+    phase: Literal["run", "prefill", "decode"] = "run"
+    latency_seconds: PositiveFloat
+    tbt_seconds: PositiveFloat | None = None  # decode only
+    cost_per_request: float | None = Field(default=None, ge=0)
+    cost_per_input_token: float | None = Field(default=None, ge=0)
+    cost_per_output_token: float | None = Field(default=None, ge=0)
+    requests_per_second_per_replica: PositiveFloat | None = None
+    tensor_parallel: int = Field(default=1, ge=1, le=72)
+
+
+class KVTransferEntry(ApiModel):
+    from_pool: Name = Field(alias="from")
+    to_pool: Name = Field(alias="to")
+    latency_seconds: float = Field(ge=0)
+    cost_per_request: float | None = Field(default=None, ge=0)
+    cost_per_input_token: float | None = Field(default=None, ge=0)
+
+
+class TableModel(ApiModel):
+    entries: list[TableEntry] = Field(min_length=1, max_length=256)
+    kv_transfer: list[KVTransferEntry] = Field(default_factory=list, max_length=256)
+
+
+class Container(ApiModel):
+    image: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list, max_length=64)
+    env: dict[str, str] = Field(default_factory=dict)
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class Step(ApiModel):
+    name: Name
+    kind: StepKind
+    depends_on: list[Name] = Field(default_factory=list, max_length=64)
+    cost_model: Literal["default", "table"] = "default"
+    table: TableModel | None = None
+    constraints: PoolConstraints | None = None
+    container: Container | None = None
+    llm: LLMWorkload | None = None
+    embedding: SmallModelWorkload | None = None
+    vector_search: VectorSearchWorkload | None = None
+    tool: ToolWorkload | None = None
+    speech_to_text: SmallModelWorkload | None = None
+    text_to_speech: SmallModelWorkload | None = None
+    compute: ComputeWorkload | None = None
+    agent: AgentWorkload | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_block(self) -> Step:
+        wanted = KIND_FIELD[self.kind]
+        present = [
+            f for f in KIND_FIELD.values() if getattr(self, _python_name(f)) is not None
+        ]
+        extra = [f for f in present if f != wanted]
+        if extra:
+            raise ValueError(f"kind '{self.kind}' takes field '{wanted}', not {extra}")
+        if self.cost_model == "table":
+            if self.table is None:
+                raise ValueError("costModel 'table' needs a 'table' block")
+            if self.kind is StepKind.AGENT:
+                raise ValueError("an agent step is planned through its sub-steps, not a table")
+        elif wanted not in present:
+            raise ValueError(f"kind '{self.kind}' needs field '{wanted}'")
+        if self.kind is StepKind.SPEECH_TO_TEXT or self.kind is StepKind.TEXT_TO_SPEECH:
+            block = self.speech_to_text or self.text_to_speech
+            if block is not None and block.audio_seconds is None:
+                raise ValueError(f"kind '{self.kind}' needs '{wanted}.audioSeconds'")
+        if self.kind is StepKind.EMBEDDING and self.embedding and self.embedding.tokens is None:
+            raise ValueError("kind 'embedding' needs 'embedding.tokens'")
+        return self
+
+
+def _python_name(wire: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in wire)
+
+
+class Loop(ApiModel):
+    """A bounded cycle. ``steps[0]`` is the loop's head: edges into it from inside the loop are
+    the back edges; the rest of the loop must be acyclic."""
+
+    name: Name | None = None
+    steps: list[Name] = Field(min_length=1, max_length=64)
+    expected_iterations: float = Field(ge=1)
+    max_iterations: int = Field(ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Loop:
+        if self.max_iterations < self.expected_iterations:
+            raise ValueError("maxIterations must be at least expectedIterations")
+        return self
+
+
+class SLA(ApiModel):
+    latency_seconds: PositiveFloat  # end to end, over the graph's critical path
+    percentile: float = Field(default=95.0, gt=0, le=100)
+    ttft_seconds: PositiveFloat | None = None  # default for every LLM step
+    tbt_seconds: PositiveFloat | None = None  # default for every LLM step
+    target_requests_per_second: PositiveFloat | None = None
+
+
+class Planning(ApiModel):
+    max_utilisation: Fraction = 0.7  # replicas are sized so no step runs hotter than this
+
+
+class AgentGraphSpec(ApiModel):
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    loops: list[Loop] = Field(default_factory=list, max_length=64)
+    sla: SLA
+    planning: Planning = Field(default_factory=Planning)
+
+
+class AgentGraph(ApiModel):
+    api_version: Literal["agentgraph.dev/v1alpha1"] = "agentgraph.dev/v1alpha1"
+    kind: Literal["AgentGraph"] = "AgentGraph"
+    metadata: ObjectMeta
+    spec: AgentGraphSpec
+    # Written by the operator; accepted on input so a round-tripped object validates.
+    status: dict[str, object] | None = None
+
+
+AgentWorkload.model_rebuild()
+Step.model_rebuild()

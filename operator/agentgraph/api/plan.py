@@ -1,0 +1,91 @@
+"""Plan: what the planner decided, in the shape the CLI prints and the operator writes to status."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from agentgraph.api.common import ApiModel
+
+Phase = Literal["run", "prefill", "decode"]
+ObjectiveName = Literal["costPerHour", "costPerRequest"]
+
+
+class Objective(ApiModel):
+    name: ObjectiveName
+    value: float
+
+
+class Assignment(ApiModel):
+    step: str
+    phase: Phase | None = None  # set for the two phases of an LLM step
+    pool: str
+    tensor_parallel: int
+    batch: int
+    replicas: int
+    units_per_replica: float  # devices (accelerators) or cores (CPU) one replica holds
+    latency_seconds: float  # per visit of the step
+    tbt_seconds: float | None = None
+    cost_per_hour: float | None = None  # set when the SLA gives a request rate
+    cost_per_request: float
+    bound: str  # what limits this configuration: compute, memory, network, io, table
+
+
+class Transfer(ApiModel):
+    step: str
+    from_pool: str = Field(alias="from")
+    to_pool: str = Field(alias="to")
+    bytes_per_request: float
+    latency_seconds: float
+    cost_per_request: float
+
+
+class Constraint(ApiModel):
+    """A constraint of the optimisation and how much room it has left at the optimum."""
+
+    name: str  # e.g. "sla.latencySeconds", "ttft:chat", "capacity:h100"
+    limit: float
+    value: float
+    binding: bool
+
+
+class Baseline(ApiModel):
+    """The cheapest plan that puts every step and phase on one pool."""
+
+    pool: str
+    feasible: bool
+    latency_seconds: float | None = None
+    objective: float | None = None
+    reason: str | None = None
+
+
+class Alternative(ApiModel):
+    """For one step (phase): the cheapest single change of pool, everything else kept."""
+
+    step: str
+    phase: Phase | None = None
+    chosen_pool: str
+    pool: str | None = None  # None: no other pool can take this step
+    feasible: bool
+    objective: float | None = None  # the whole plan's objective after the change
+    delta: float | None = None
+    reason: str
+
+
+class Plan(ApiModel):
+    feasible: bool
+    objective: Objective | None = None
+    latency_seconds: float | None = None  # predicted end to end, loops at expected iterations
+    worst_case_latency_seconds: float | None = None  # loops at their maximum iterations
+    sla_seconds: float
+    cost_per_hour: float | None = None
+    cost_per_request: float | None = None
+    assignments: list[Assignment] = Field(default_factory=list)
+    transfers: list[Transfer] = Field(default_factory=list)
+    critical_path: list[str] = Field(default_factory=list)
+    constraints: list[Constraint] = Field(default_factory=list)
+    baselines: list[Baseline] = Field(default_factory=list)
+    alternatives: list[Alternative] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)  # why infeasible, sorted
+    solve_seconds: float | None = None

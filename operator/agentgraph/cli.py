@@ -1,0 +1,229 @@
+"""agentgraph: validate and plan agent graphs, generate CRDs, reproduce the paper.
+
+Exit codes: 0 ok; 1 valid input but no feasible plan; 2 invalid input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from agentgraph.api import crdgen
+from agentgraph.api.hardware import CostBasis, HardwareProfile
+from agentgraph.api.loading import Documents, LoadError, parse
+from agentgraph.api.plan import Plan
+from agentgraph.costs.base import CostSettings
+from agentgraph.planner import graph as graph_model
+from agentgraph.planner import solve
+from agentgraph.planner.errors import PlanningError
+
+EXIT_INFEASIBLE = 1
+EXIT_INVALID = 2
+PROFILES_ENV = "AGENTGRAPH_PROFILES"
+
+
+class CliError(Exception):
+    pass
+
+
+def _read(path: str) -> Documents:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    return parse(text, path)
+
+
+def load_profiles(directory: str) -> list[HardwareProfile]:
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CliError(f"{directory}: no such directory of HardwareProfiles")
+    profiles: list[HardwareProfile] = []
+    for path in sorted(folder.glob("*.yaml")):
+        docs = _read(str(path))
+        if docs.graphs:
+            raise CliError(f"{path}: holds an AgentGraph; a profiles directory holds only "
+                           "HardwareProfiles")
+        profiles.extend(docs.profiles)
+    if not profiles:
+        raise CliError(f"{directory}: holds no HardwareProfile (*.yaml)")
+    return profiles
+
+
+def _default_profiles() -> str | None:
+    if os.environ.get(PROFILES_ENV):
+        return os.environ[PROFILES_ENV]
+    return "hardware_profiles" if Path("hardware_profiles").is_dir() else None
+
+
+def resolve(file: str, profiles_dir: str | None) -> tuple[Documents, list[HardwareProfile]]:
+    """The graph file's own profiles are used alone unless --profiles is given; then both, the
+    file's winning on a name clash. Without either, the default profiles directory."""
+    docs = _read(file)
+    if len(docs.graphs) != 1:
+        raise CliError(f"{file}: expected exactly one AgentGraph, found {len(docs.graphs)}")
+    if profiles_dir is None and not docs.profiles:
+        profiles_dir = _default_profiles()
+        if profiles_dir is None:
+            raise CliError(f"{file}: no HardwareProfile in the file and no profiles directory "
+                           f"(pass --profiles DIR or set {PROFILES_ENV})")
+    merged = {p.name: p for p in (load_profiles(profiles_dir) if profiles_dir else [])}
+    merged.update({p.name: p for p in docs.profiles})
+    return docs, list(merged.values())
+
+
+def cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    docs = _read(args.file)
+    for g in docs.graphs:
+        model = graph_model.build(g)
+        out.print(f"{args.file}: AgentGraph/{g.metadata.name}: ok "
+                  f"({len(model.steps)} steps, {len(model.blocks)} blocks)")
+    for p in docs.profiles:
+        out.print(f"{args.file}: HardwareProfile/{p.name}: ok")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, out: Console) -> int:
+    docs, profiles = resolve(args.file, args.profiles)
+    settings = CostSettings(cost_basis=CostBasis(args.cost_basis) if args.cost_basis else None)
+    result = solve.plan(docs.graphs[0], profiles, settings, with_explanation=args.explain,
+                        time_limit=args.time_limit)
+    if args.output == "json":
+        print(json.dumps(result.model_dump(by_alias=True, exclude_none=True), indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(result.model_dump(by_alias=True, exclude_none=True,
+                                               mode="json"), sort_keys=False), end="")
+    else:
+        print_plan(docs.graphs[0].metadata.name, result, out)
+    if not result.feasible:
+        for reason in result.reasons:
+            print(f"{args.file}: {reason}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+    return 0
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:.4g}" if value < 1 else f"${value:,.2f}"
+
+
+def print_plan(name: str, plan: Plan, out: Console) -> None:
+    if not plan.feasible:
+        out.print(f"[bold red]{name}: no feasible plan[/]")
+        for reason in plan.reasons:
+            out.print(f"  - {reason}")
+        return
+    assert plan.objective is not None and plan.latency_seconds is not None
+    out.print(f"[bold]{name}[/]: {plan.objective.name} [green]{_money(plan.objective.value)}"
+              f"[/], latency {plan.latency_seconds:.4g} s of {plan.sla_seconds:g} s SLA "
+              f"(worst case {plan.worst_case_latency_seconds or 0:.4g} s), "
+              f"solved in {plan.solve_seconds or 0:.3f} s")
+    hourly = plan.cost_per_hour is not None
+    table = Table("step", "phase", "pool", "TP", "batch", "replicas", "latency s",
+                  "$/hour" if hourly else "$/request", "bound")
+    for a in plan.assignments:
+        table.add_row(a.step, a.phase or "", a.pool, str(a.tensor_parallel), str(a.batch),
+                      str(a.replicas), f"{a.latency_seconds:.4g}",
+                      _money(a.cost_per_hour if hourly else a.cost_per_request), a.bound)
+    out.print(table)
+    for t in plan.transfers:
+        out.print(f"KV transfer {t.step}: {t.from_pool} -> {t.to_pool}, "
+                  f"{t.bytes_per_request / 1e6:.1f} MB, {t.latency_seconds:.4g} s, "
+                  f"{_money(t.cost_per_request)}/request")
+    out.print(f"critical path: {' -> '.join(plan.critical_path)}")
+    if plan.constraints:
+        ct = Table("constraint", "value", "limit", "binding", title="constraints")
+        for c in plan.constraints:
+            ct.add_row(c.name, f"{c.value:.4g}", f"{c.limit:.4g}", "yes" if c.binding else "")
+        out.print(ct)
+    if plan.alternatives:
+        at = Table("step", "phase", "pool", "why", title="why this pool")
+        for alt in plan.alternatives:
+            at.add_row(alt.step, alt.phase or "", alt.chosen_pool, alt.reason)
+        out.print(at)
+    if plan.baselines:
+        bt = Table("pool", "feasible", "latency s", plan.objective.name, "note",
+                   title="homogeneous baselines (every step on one pool)")
+        for b in plan.baselines:
+            bt.add_row(b.pool, "yes" if b.feasible else "no",
+                       "-" if b.latency_seconds is None else f"{b.latency_seconds:.4g}",
+                       _money(b.objective), b.reason or "")
+        out.print(bt)
+
+
+def cmd_crds(args: argparse.Namespace, out: Console) -> int:
+    target = Path(args.out)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, doc in crdgen.all_crds().items():
+        (target / name).write_text(crdgen.HEADER + yaml.safe_dump(doc, sort_keys=False),
+                                   encoding="utf-8")
+        out.print(f"wrote {target / name}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    from agentgraph import report  # matplotlib is needed here only
+
+    profiles = load_profiles(args.profiles or _default_profiles() or "hardware_profiles")
+    return report.paper(profiles, Path(args.out), out)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentgraph", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a file of AgentGraphs and HardwareProfiles")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_validate)
+    pl = sub.add_parser("plan", help="plan an AgentGraph on hardware profiles")
+    pl.add_argument("file")
+    pl.add_argument("--profiles", help=f"directory of HardwareProfile YAML (default: "
+                    f"${PROFILES_ENV}, else ./hardware_profiles)")
+    pl.add_argument("--output", "-o", choices=["table", "yaml", "json"], default="table")
+    pl.add_argument("--explain", action="store_true",
+                    help="add binding constraints, next-best alternatives and baselines")
+    pl.add_argument("--cost-basis", choices=[b.value for b in CostBasis],
+                    help="price every pool on this basis instead of each profile's own")
+    pl.add_argument("--time-limit", type=float, default=60.0, help="solver seconds (default 60)")
+    pl.set_defaults(func=cmd_plan)
+    c = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
+    c.add_argument("--out", default="crds")
+    c.set_defaults(func=cmd_crds)
+    r = sub.add_parser("report", help="reproduce the seed paper's evaluation")
+    r.add_argument("which", choices=["paper"])
+    r.add_argument("--profiles")
+    r.add_argument("--out", default="reports")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    to_stderr = args.command == "plan" and args.output != "table"
+    stream = sys.stderr if to_stderr else sys.stdout
+    out = Console(stderr=to_stderr, width=None if stream.isatty() else 160)
+    try:
+        code: int = args.func(args, out)
+        return code
+    except LoadError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr)
+    except PlanningError as e:
+        for issue in e.issues:
+            print(f"{args.file}: {issue}", file=sys.stderr)
+    except CliError as e:
+        print(str(e), file=sys.stderr)
+    return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

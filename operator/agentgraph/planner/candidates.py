@@ -1,0 +1,207 @@
+"""Every way to run every step (phase), priced, filtered by hard limits, Pareto-pruned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agentgraph.api.graph import PoolConstraints, StepKind
+from agentgraph.costs import registry
+from agentgraph.costs.base import (
+    CostSettings,
+    Estimate,
+    Phase,
+    TransferEstimate,
+    ceil_replicas,
+)
+from agentgraph.planner.errors import Issue, PlanningError
+from agentgraph.planner.graph import FlatStep, GraphModel
+from agentgraph.planner.snapshot import ClusterSnapshot
+
+
+@dataclass(frozen=True)
+class Option:
+    estimate: Estimate
+    replicas: int
+    cost_per_hour: float | None  # None without a request rate
+    objective: float  # in the plan's objective unit, visits counted
+
+    @property
+    def pool(self) -> str:
+        return self.estimate.pool
+
+    @property
+    def units_total(self) -> float:
+        return self.replicas * self.estimate.units
+
+
+@dataclass(frozen=True)
+class Transfer:
+    src: str
+    dst: str
+    estimate: TransferEstimate
+    objective: float
+
+
+@dataclass
+class StepOptions:
+    step: FlatStep
+    slots: dict[Phase, list[Option]] = field(default_factory=dict)
+    transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)
+    ttft: float | None = None
+    tbt: float | None = None
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def is_llm(self) -> bool:
+        return "prefill" in self.slots
+
+
+def objective_name(graph: GraphModel) -> str:
+    return "costPerHour" if graph.sla.target_requests_per_second else "costPerRequest"
+
+
+def check_pools(graph: GraphModel, snapshot: ClusterSnapshot) -> None:
+    """Every pool a step names must exist."""
+    known = set(snapshot.names)
+    issues: list[Issue] = []
+    for flat in graph.steps.values():
+        step = flat.step
+        groups: list[tuple[str, PoolConstraints | None]] = [("constraints", step.constraints)]
+        if step.llm is not None:
+            groups += [("llm.prefill", step.llm.prefill), ("llm.decode", step.llm.decode)]
+        for where, c in groups:
+            if c is None:
+                continue
+            for key, names in (("allowedPools", c.allowed_pools),
+                               ("forbiddenPools", c.forbidden_pools),
+                               ("pinnedPool", [c.pinned_pool] if c.pinned_pool else [])):
+                for j, name in enumerate(names):
+                    if name not in known:
+                        suffix = "" if key == "pinnedPool" else f"[{j}]"
+                        issues.append(Issue(f"{flat.path}.{where}.{key}{suffix}",
+                                            f"unknown pool '{name}' (known: {', '.join(sorted(known))})"))
+        if step.table is not None:
+            for j, entry in enumerate(step.table.entries):
+                if entry.pool not in known:
+                    issues.append(Issue(f"{flat.path}.table.entries[{j}].pool",
+                                        f"unknown pool '{entry.pool}'"))
+    if issues:
+        raise PlanningError(issues)
+
+
+def _allowed(names: tuple[str, ...], *groups: PoolConstraints | None) -> list[str]:
+    allowed = list(names)
+    for c in groups:
+        if c is None:
+            continue
+        if c.pinned_pool:
+            allowed = [p for p in allowed if p == c.pinned_pool]
+        if c.allowed_pools:
+            allowed = [p for p in allowed if p in c.allowed_pools]
+        allowed = [p for p in allowed if p not in c.forbidden_pools]
+    return allowed
+
+
+def build(
+    graph: GraphModel,
+    snapshot: ClusterSnapshot,
+    settings: CostSettings,
+    only_pool: str | None = None,
+    prune: bool = True,
+) -> dict[str, StepOptions]:
+    rate = graph.sla.target_requests_per_second
+    cap = graph.planning.max_utilisation
+    result: dict[str, StepOptions] = {}
+    for name, flat in graph.steps.items():
+        step = flat.step
+        model = registry.model_for(step)
+        opts = StepOptions(step=flat)
+        if step.kind is StepKind.LLM and step.llm is not None:
+            opts.ttft = step.llm.ttft_seconds or graph.sla.ttft_seconds
+            opts.tbt = step.llm.tbt_seconds or graph.sla.tbt_seconds
+        visits = graph.visits[name]
+        for phase in model.phases(step):
+            phase_limits = None
+            if step.llm is not None:
+                phase_limits = step.llm.prefill if phase == "prefill" else step.llm.decode
+            pools = _allowed(snapshot.names, step.constraints, phase_limits)
+            if only_pool is not None:
+                pools = [p for p in pools if p == only_pool]
+            if not pools:
+                opts.rejected.append(f"{phase}: no pool allowed by the step's constraints"
+                                     + (f" within pool {only_pool}" if only_pool else ""))
+            options: list[Option] = []
+            for pool_name in pools:
+                pool = snapshot.pool(pool_name)
+                found = model.estimate(step, phase, pool, settings)
+                opts.rejected.extend(found.rejected)
+                for est in found.options:
+                    options.append(_price(est, rate, visits, cap))
+            options = _within_token_limits(opts, phase, options)
+            opts.slots[phase] = _prune(options) if prune else options
+        if opts.is_llm:
+            disagg = step.llm is None or step.llm.disaggregation == "auto"
+            pre = {o.pool for o in opts.slots["prefill"]}
+            dec = {o.pool for o in opts.slots["decode"]}
+            for src in sorted(pre):
+                for dst in sorted(dec):
+                    if src == dst:
+                        opts.transfers[(src, dst)] = Transfer(
+                            src, dst, TransferEstimate(0.0, 0.0, 0.0), 0.0)
+                    elif disagg:
+                        t = model.kv_transfer(step, snapshot.pool(src), snapshot.pool(dst), settings)
+                        if t is not None:
+                            obj = t.cost_per_request * (rate * 3600 if rate else 1.0) * visits
+                            opts.transfers[(src, dst)] = Transfer(src, dst, t, obj)
+        result[name] = opts
+    return result
+
+
+def _within_token_limits(opts: StepOptions, phase: Phase, options: list[Option]) -> list[Option]:
+    """Hard per-phase limits: no decode slower than TBT, no prefill alone slower than TTFT."""
+    if phase == "decode" and opts.tbt is not None:
+        limit, field_name = opts.tbt, "tbtSeconds"
+        value = {id(o): o.estimate.tbt or 0.0 for o in options}
+    elif phase == "prefill" and opts.ttft is not None:
+        limit, field_name = opts.ttft, "ttftSeconds"
+        value = {id(o): o.estimate.latency for o in options}
+    else:
+        return options
+    kept = [o for o in options if value[id(o)] <= limit]
+    if options and not kept:
+        best = min(options, key=lambda o: value[id(o)])
+        opts.rejected.append(
+            f"{phase}: no configuration meets {field_name} {limit:g} s; the fastest is "
+            f"{value[id(best)]:.4g} s on {best.pool} (TP {best.estimate.tensor_parallel}, "
+            f"batch {best.estimate.batch})")
+    return kept
+
+
+def _price(est: Estimate, rate: float | None, visits: float, max_util: float) -> Option:
+    if rate is None:
+        return Option(est, 1, None, est.cost_per_request * visits)
+    step_rate = rate * visits
+    if est.throughput is None:  # usage-priced (table without a replica throughput)
+        hourly = est.cost_per_request * step_rate * 3600
+        return Option(est, 1, hourly, hourly)
+    replicas = ceil_replicas(step_rate, est.throughput, max_util)
+    # A replica's hourly price is what it earns flat out: cost per request * its throughput.
+    hourly = replicas * est.cost_per_request * est.throughput * 3600.0
+    return Option(est, replicas, hourly, hourly)
+
+
+def _prune(options: list[Option]) -> list[Option]:
+    """Per pool, drop options another option beats or ties on every axis the MILP sees."""
+    def key(o: Option) -> tuple[float, ...]:
+        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, o.units_total)
+
+    ordered = sorted(options, key=lambda o: (o.pool, *key(o), o.estimate.tensor_parallel,
+                                             o.estimate.batch))
+    kept: list[Option] = []
+    for o in ordered:
+        k = key(o)
+        if any(p.pool == o.pool and all(a <= b for a, b in zip(key(p), k, strict=True))
+               for p in kept):
+            continue
+        kept.append(o)
+    return kept

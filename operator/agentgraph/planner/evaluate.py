@@ -1,0 +1,137 @@
+"""Score one complete selection exactly, independently of the MILP that chose it.
+
+The solver's answer is re-checked here; explain, baselines and the tests use the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agentgraph.costs.base import Phase
+from agentgraph.planner.candidates import Option, StepOptions, Transfer
+from agentgraph.planner.graph import GraphModel
+from agentgraph.planner.snapshot import ClusterSnapshot
+
+Selection = Mapping[tuple[str, Phase], Option]
+REL_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    latency: float  # end to end, loops at expected iterations
+    worst_latency: float  # loops at maximum iterations
+    objective: float
+    durations: dict[str, float]  # per step, one visit
+    transfers: dict[str, Transfer]  # per LLM step whose phases sit on different pools
+    ttft: dict[str, float]
+    tbt: dict[str, float]
+    usage: dict[str, float]  # units held per pool
+    critical_path: list[str]
+    violations: list[str]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations
+
+
+def exceeds(value: float, limit: float) -> bool:
+    return value > limit * (1 + REL_TOL) + 1e-12
+
+
+def evaluate(
+    graph: GraphModel,
+    options: Mapping[str, StepOptions],
+    selection: Selection,
+    snapshot: ClusterSnapshot,
+) -> Evaluation:
+    durations: dict[str, float] = {}
+    transfers: dict[str, Transfer] = {}
+    ttft: dict[str, float] = {}
+    tbt: dict[str, float] = {}
+    usage: dict[str, float] = {}
+    violations: list[str] = []
+    objective = 0.0
+    for name, opts in options.items():
+        chosen = {phase: selection[(name, phase)] for phase in opts.slots}
+        for option in chosen.values():
+            objective += option.objective
+            usage[option.pool] = usage.get(option.pool, 0.0) + option.units_total
+        if opts.is_llm:
+            pre, dec = chosen["prefill"], chosen["decode"]
+            transfer = opts.transfers.get((pre.pool, dec.pool))
+            if transfer is None:
+                violations.append(f"{name}: KV cache cannot move from {pre.pool} to {dec.pool}")
+                kv = 0.0
+            else:
+                kv = transfer.estimate.latency
+                objective += transfer.objective
+                if transfer.src != transfer.dst:
+                    transfers[name] = transfer
+            step_tbt = dec.estimate.tbt or 0.0
+            durations[name] = pre.estimate.latency + kv + dec.estimate.latency
+            ttft[name] = pre.estimate.latency + kv + step_tbt
+            tbt[name] = step_tbt
+            if opts.ttft is not None and exceeds(ttft[name], opts.ttft):
+                violations.append(f"ttft:{name}: {ttft[name]:.4g} s > {opts.ttft:.4g} s")
+            if opts.tbt is not None and exceeds(step_tbt, opts.tbt):
+                violations.append(f"tbt:{name}: {step_tbt:.4g} s > {opts.tbt:.4g} s")
+        else:
+            durations[name] = chosen["run"].estimate.latency
+    latency, path = longest_path(graph, durations, worst=False)
+    worst, _ = longest_path(graph, durations, worst=True)
+    if exceeds(latency, graph.sla.latency_seconds):
+        violations.append(
+            f"sla.latencySeconds: {latency:.4g} s > {graph.sla.latency_seconds:.4g} s")
+    for pool in snapshot.pools:
+        used = usage.get(pool.name, 0.0)
+        if pool.capacity_units is not None and exceeds(used, pool.capacity_units):
+            violations.append(f"capacity:{pool.name}: needs {used:.4g} units, "
+                              f"has {pool.capacity_units:.4g}")
+    return Evaluation(latency, worst, objective, durations, transfers, ttft, tbt, usage, path,
+                      sorted(violations))
+
+
+def longest_path(
+    graph: GraphModel, durations: Mapping[str, float], worst: bool
+) -> tuple[float, list[str]]:
+    """End-to-end latency over the block DAG and the steps on its critical path."""
+    finish: dict[str, float] = {}
+    path_to: dict[str, list[str]] = {}
+    for block in graph.blocks:
+        start, before = 0.0, []
+        for p in block.preds:
+            if finish[p] > start:
+                start, before = finish[p], path_to[p]
+        if block.loop is not None:
+            body, body_path = _body_longest(block.loop.body_preds, durations)
+            times = block.loop.maximum if worst else block.loop.expected
+            finish[block.id] = start + times * body
+            path_to[block.id] = before + body_path
+        else:
+            assert block.step is not None
+            finish[block.id] = start + durations[block.step]
+            path_to[block.id] = [*before, block.step]
+    end = max(graph.sinks, key=lambda b: (finish[b], b))
+    return finish[end], path_to[end]
+
+
+def _body_longest(
+    body_preds: Mapping[str, tuple[str, ...]], durations: Mapping[str, float]
+) -> tuple[float, list[str]]:
+    finish: dict[str, float] = {}
+    path_to: dict[str, list[str]] = {}
+    pending = list(body_preds)
+    while pending:  # the body is a DAG (checked by graph.build): each pass settles one step
+        for step in pending:
+            if all(p in finish for p in body_preds[step]):
+                start, before = 0.0, []
+                for p in body_preds[step]:
+                    if finish[p] > start:
+                        start, before = finish[p], path_to[p]
+                finish[step] = start + durations[step]
+                path_to[step] = [*before, step]
+                pending.remove(step)
+                break
+    end = max(finish, key=lambda s: (finish[s], s))
+    return finish[end], path_to[end]

@@ -1,0 +1,270 @@
+"""Flatten sub-agents, check the graph, and derive the timing structure (blocks and loops).
+
+A *block* is what the end-to-end latency is computed over: a single step, or a bounded loop whose
+body (the loop's steps with the back edges into its head removed) repeats ``expectedIterations``
+times. Blocks form a DAG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from agentgraph.api.graph import SLA, AgentGraph, Loop, Planning, Step, StepKind
+from agentgraph.planner.errors import Issue, PlanningError
+
+
+@dataclass(frozen=True)
+class FlatStep:
+    name: str  # unique across the flattened graph: "<agent>.<step>" inside sub-agents
+    step: Step
+    path: str  # field path of the step in the spec
+    deps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LoopBlock:
+    name: str
+    path: str
+    steps: tuple[str, ...]
+    expected: float
+    maximum: int
+    body_preds: dict[str, tuple[str, ...]]  # inside the body, back edges removed
+
+
+@dataclass(frozen=True)
+class Block:
+    id: str  # the step's name, or "loop:<name>"
+    preds: tuple[str, ...]  # block ids
+    step: str | None = None
+    loop: LoopBlock | None = None
+
+
+@dataclass(frozen=True)
+class GraphModel:
+    name: str
+    sla: SLA
+    planning: Planning
+    steps: dict[str, FlatStep]
+    blocks: tuple[Block, ...]  # topological order, ties by id
+    block_of: dict[str, str]
+    visits: dict[str, float]  # expected visits per request
+    max_visits: dict[str, int]
+    sinks: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class _Scope:
+    """What one step list (the top level or one agent's) flattens to."""
+
+    steps: list[FlatStep] = field(default_factory=list)
+    loops: list[tuple[Loop, str, str, list[str]]] = field(default_factory=list)
+    entries: dict[str, list[str]] = field(default_factory=dict)  # local name -> flat entry steps
+    exits: dict[str, list[str]] = field(default_factory=dict)  # local name -> flat exit steps
+
+
+def build(graph: AgentGraph) -> GraphModel:
+    """Validate and flatten; raises PlanningError naming every bad field at once."""
+    issues: list[Issue] = []
+    scope = _flatten(graph.spec.steps, graph.spec.loops, "", "spec", issues)
+    if issues:
+        raise PlanningError(issues)
+    steps = {s.name: s for s in scope.steps}
+    digraph = nx.DiGraph()
+    digraph.add_nodes_from(steps)
+    digraph.add_edges_from((d, s.name) for s in scope.steps for d in s.deps)
+
+    loop_of: dict[str, int] = {}
+    back_edges: set[tuple[str, str]] = set()
+    for index, (loop, path, prefix, members) in enumerate(scope.loops):
+        for j, member in enumerate(members):
+            if member in loop_of:
+                issues.append(Issue(f"{path}.steps[{j}]", f"step {member} is already in another "
+                                    "loop; nested or overlapping loops are not supported"))
+            loop_of[member] = index
+        head_entries = set(_head_steps(loop, prefix, members))
+        back_edges.update(
+            (u, v) for u, v in digraph.edges if v in head_entries and u in set(members)
+        )
+    _check_cycles(digraph, loop_of, back_edges, scope, issues)
+    if issues:
+        raise PlanningError(issues)
+    return _structure(graph, steps, digraph, scope, loop_of, back_edges)
+
+
+def _head_steps(loop: Loop, prefix: str, members: list[str]) -> list[str]:
+    """The flat steps the loop's head stands for (a sub-agent head stands for its entries)."""
+    head = prefix + loop.steps[0]
+    return [m for m in members if m == head or m.startswith(head + ".")]
+
+
+def _flatten(
+    steps: Sequence[Step], loops: Sequence[Loop], prefix: str, path: str, issues: list[Issue]
+) -> _Scope:
+    scope = _Scope()
+    seen: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        here = f"{path}.steps[{i}]"
+        if step.name in seen:
+            issues.append(Issue(f"{here}.name", f"duplicate step name '{step.name}' "
+                                f"(also {path}.steps[{seen[step.name]}])"))
+            continue
+        seen[step.name] = i
+        if step.kind is StepKind.AGENT and step.agent is not None:
+            inner = _flatten(step.agent.steps, step.agent.loops, f"{prefix}{step.name}.",
+                             f"{here}.agent", issues)
+            scope.steps.extend(inner.steps)
+            scope.loops.extend(inner.loops)
+            scope.entries[step.name] = _entry_points(inner)
+            scope.exits[step.name] = _exit_points(inner)
+        else:
+            flat = FlatStep(name=prefix + step.name, step=step, path=here, deps=())
+            scope.steps.append(flat)
+            scope.entries[step.name] = [flat.name]
+            scope.exits[step.name] = [flat.name]
+    # Resolve dependsOn now that every local name is known.
+    extra: dict[str, list[str]] = {}
+    for i, step in enumerate(steps):
+        for j, dep in enumerate(step.depends_on):
+            if dep not in scope.exits:
+                issues.append(Issue(f"{path}.steps[{i}].dependsOn[{j}]",
+                                    f"unknown step '{dep}'"))
+                continue
+            for entry in scope.entries.get(step.name, []):
+                extra.setdefault(entry, []).extend(scope.exits[dep])
+    scope.steps = [
+        FlatStep(s.name, s.step, s.path, tuple(dict.fromkeys([*s.deps, *extra.get(s.name, [])])))
+        for s in scope.steps
+    ]
+    for k, loop in enumerate(loops):
+        members: list[str] = []
+        for j, name in enumerate(loop.steps):
+            if name not in scope.exits:
+                issues.append(Issue(f"{path}.loops[{k}].steps[{j}]", f"unknown step '{name}'"))
+                continue
+            members.extend(m for m in _all_under(scope, prefix, name) if m not in members)
+        scope.loops.append((loop, f"{path}.loops[{k}]", prefix, members))
+    return scope
+
+
+def _all_under(scope: _Scope, prefix: str, local: str) -> list[str]:
+    full = prefix + local
+    return [s.name for s in scope.steps if s.name == full or s.name.startswith(full + ".")]
+
+
+def _entry_points(inner: _Scope) -> list[str]:
+    names = {s.name for s in inner.steps}
+    heads = {prefix + loop.steps[0] for loop, _, prefix, _ in inner.loops}
+    return [
+        s.name for s in inner.steps
+        if not any(d in names for d in s.deps) or (s.name in heads and _deps_in_own_loop(s, inner))
+    ]
+
+
+def _deps_in_own_loop(step: FlatStep, inner: _Scope) -> bool:
+    for _, _, _, members in inner.loops:
+        if step.name in members:
+            return all(d in members for d in step.deps)
+    return False
+
+
+def _exit_points(inner: _Scope) -> list[str]:
+    used = {d for s in inner.steps for d in s.deps}
+    exits = [s.name for s in inner.steps if s.name not in used]
+    return exits or [inner.steps[-1].name]
+
+
+def _check_cycles(
+    digraph: nx.DiGraph,
+    loop_of: dict[str, int],
+    back_edges: set[tuple[str, str]],
+    scope: _Scope,
+    issues: list[Issue],
+) -> None:
+    for component in nx.strongly_connected_components(digraph):
+        members = sorted(component)
+        cyclic = len(members) > 1 or digraph.has_edge(members[0], members[0])
+        if not cyclic:
+            continue
+        owners = {loop_of.get(m) for m in members}
+        if None in owners or len(owners) != 1:
+            edges = nx.find_cycle(digraph.subgraph(members))
+            cycle = " -> ".join([u for u, _ in edges] + [edges[0][0]])
+            where = next(s.path for s in scope.steps if s.name == edges[0][1])
+            issues.append(Issue(f"{where}.dependsOn", f"cycle {cycle} has no bound: list its "
+                                "steps in one entry of spec.loops with maxIterations"))
+    forward = digraph.copy()
+    forward.remove_edges_from(back_edges)
+    for loop, path, _, members in scope.loops:
+        body = forward.subgraph(members)
+        if not nx.is_directed_acyclic_graph(body):
+            issues.append(Issue(f"{path}.steps", f"the loop body still has a cycle once the edges "
+                                f"into its head '{loop.steps[0]}' are removed: nested loops are "
+                                "not supported"))
+
+
+def _structure(
+    graph: AgentGraph,
+    steps: dict[str, FlatStep],
+    digraph: nx.DiGraph,
+    scope: _Scope,
+    loop_of: dict[str, int],
+    back_edges: set[tuple[str, str]],
+) -> GraphModel:
+    loop_blocks: dict[int, LoopBlock] = {}
+    for index, (loop, path, prefix, members) in enumerate(scope.loops):
+        name = loop.name or (prefix + loop.steps[0])
+        member_set = set(members)
+        body_preds = {
+            m: tuple(d for d in steps[m].deps if d in member_set and (d, m) not in back_edges)
+            for m in members
+        }
+        loop_blocks[index] = LoopBlock(name, path, tuple(members), loop.expected_iterations,
+                                       loop.max_iterations, body_preds)
+    block_of = {
+        s: (f"loop:{loop_blocks[loop_of[s]].name}" if s in loop_of else s) for s in steps
+    }
+    block_graph = nx.DiGraph()
+    block_graph.add_nodes_from(sorted(set(block_of.values())))
+    for u, v in digraph.edges:
+        if block_of[u] != block_of[v]:
+            block_graph.add_edge(block_of[u], block_of[v])
+    if not nx.is_directed_acyclic_graph(block_graph):
+        cycle = [u for u, _ in nx.find_cycle(block_graph)]
+        paths = {scope.loops[i][1]: lb.name for i, lb in loop_blocks.items()
+                 if f"loop:{lb.name}" in cycle}
+        raise PlanningError([
+            Issue(f"{path}.steps", f"loop '{name}' is not closed: a step outside it lies on a "
+                  f"path between two of its steps ({' -> '.join(cycle)})")
+            for path, name in sorted(paths.items())
+        ])
+    by_id = {f"loop:{b.name}": b for b in loop_blocks.values()}
+    blocks = tuple(
+        Block(
+            id=bid,
+            preds=tuple(sorted(block_graph.predecessors(bid))),
+            step=None if bid in by_id else bid,
+            loop=by_id.get(bid),
+        )
+        for bid in nx.lexicographical_topological_sort(block_graph)
+    )
+    visits = {s: 1.0 for s in steps}
+    max_visits = dict.fromkeys(steps, 1)
+    for loop_block in loop_blocks.values():
+        for m in loop_block.steps:
+            visits[m] = loop_block.expected
+            max_visits[m] = loop_block.maximum
+    sinks = tuple(b.id for b in blocks if block_graph.out_degree(b.id) == 0)
+    return GraphModel(
+        name=graph.metadata.name,
+        sla=graph.spec.sla,
+        planning=graph.spec.planning,
+        steps=steps,
+        blocks=blocks,
+        block_of=block_of,
+        visits=visits,
+        max_visits=max_visits,
+        sinks=sinks,
+    )

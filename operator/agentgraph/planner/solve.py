@@ -1,0 +1,138 @@
+"""plan(): graph + hardware -> Plan. The one entry point the CLI and the operator call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from agentgraph.api.graph import AgentGraph
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.plan import Assignment, Constraint, Objective, Plan
+from agentgraph.api.plan import Transfer as TransferOut
+from agentgraph.costs.base import CostSettings
+from agentgraph.planner import candidates, diagnose, explain, milp
+from agentgraph.planner import graph as graph_model
+from agentgraph.planner.candidates import StepOptions
+from agentgraph.planner.errors import Issue, PlanningError
+from agentgraph.planner.evaluate import REL_TOL, Evaluation, Selection, evaluate
+from agentgraph.planner.graph import GraphModel
+from agentgraph.planner.snapshot import ClusterSnapshot
+
+PHASE_ORDER = {"run": 0, "prefill": 1, "decode": 2}
+
+
+def plan(
+    graph: AgentGraph,
+    profiles: Sequence[HardwareProfile],
+    settings: CostSettings | None = None,
+    capacity_units: Mapping[str, float] | None = None,
+    with_explanation: bool = False,
+    time_limit: float = 60.0,
+) -> Plan:
+    """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
+    it is valid but nothing meets it on this hardware."""
+    settings = settings or CostSettings()
+    model = graph_model.build(graph)
+    if not profiles:
+        raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
+    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units)
+    candidates.check_pools(model, snapshot)
+    options = candidates.build(model, snapshot, settings)
+    sla = model.sla.latency_seconds
+    empty = diagnose.empty_slots(model, options)
+    if empty:
+        return Plan(feasible=False, sla_seconds=sla, reasons=empty)
+    result = milp.solve(model, options, snapshot, time_limit)
+    if result.selection is None:
+        relaxed = None
+        if any(p.capacity_units is not None for p in snapshot.pools):
+            unbounded = ClusterSnapshot.from_profiles(profiles, settings, None)
+            relaxed = milp.solve(model, options, unbounded, time_limit).selection
+        reasons = diagnose.infeasible(model, options, snapshot, relaxed)
+        return Plan(feasible=False, sla_seconds=sla, reasons=reasons,
+                    solve_seconds=result.seconds)
+    ev = evaluate(model, options, result.selection, snapshot)
+    out = render(model, options, result.selection, ev, snapshot)
+    out = out.model_copy(update={"solve_seconds": result.seconds})
+    if ev.violations:  # the solver's answer failed the exact re-check: never report it as good
+        return out.model_copy(update={"feasible": False, "reasons": ev.violations})
+    if with_explanation:
+        out = out.model_copy(update={
+            "baselines": explain.baselines(model, snapshot, settings, time_limit),
+            "alternatives": explain.alternatives(model, options, result.selection, ev, snapshot),
+        })
+    return out
+
+
+def render(
+    model: GraphModel,
+    options: Mapping[str, StepOptions],
+    selection: Selection,
+    ev: Evaluation,
+    snapshot: ClusterSnapshot,
+) -> Plan:
+    rate = model.sla.target_requests_per_second
+    assignments = []
+    for (name, phase), o in sorted(selection.items(),
+                                   key=lambda kv: (list(options).index(kv[0][0]),
+                                                   PHASE_ORDER[kv[0][1]])):
+        per_request = o.cost_per_hour / (rate * 3600) if rate and o.cost_per_hour else o.objective
+        assignments.append(Assignment(
+            step=name,
+            phase=None if phase == "run" else phase,
+            pool=o.pool,
+            tensor_parallel=o.estimate.tensor_parallel,
+            batch=o.estimate.batch,
+            replicas=o.replicas,
+            units_per_replica=o.estimate.units,
+            latency_seconds=o.estimate.latency,
+            tbt_seconds=o.estimate.tbt,
+            cost_per_hour=o.cost_per_hour,
+            cost_per_request=per_request,
+            bound=o.estimate.bound,
+        ))
+    transfers = [
+        TransferOut.model_validate({
+            "step": name, "from": t.src, "to": t.dst,
+            "bytesPerRequest": t.estimate.bytes,
+            "latencySeconds": t.estimate.latency,
+            "costPerRequest": t.estimate.cost_per_request * model.visits[name],
+        })
+        for name, t in ev.transfers.items()
+    ]
+    name = "costPerHour" if rate else "costPerRequest"
+    return Plan(
+        feasible=ev.feasible,
+        objective=Objective(name=name, value=ev.objective),
+        latency_seconds=ev.latency,
+        worst_case_latency_seconds=ev.worst_latency,
+        sla_seconds=model.sla.latency_seconds,
+        cost_per_hour=ev.objective if rate else None,
+        cost_per_request=ev.objective / (rate * 3600) if rate else ev.objective,
+        assignments=assignments,
+        transfers=transfers,
+        critical_path=ev.critical_path,
+        constraints=constraints(model, options, ev, snapshot),
+        reasons=ev.violations,
+    )
+
+
+def constraints(
+    model: GraphModel,
+    options: Mapping[str, StepOptions],
+    ev: Evaluation,
+    snapshot: ClusterSnapshot,
+) -> list[Constraint]:
+    rows = [("sla.latencySeconds", model.sla.latency_seconds, ev.latency)]
+    for name, so in options.items():
+        if so.ttft is not None:
+            rows.append((f"ttft:{name}", so.ttft, ev.ttft[name]))
+        if so.tbt is not None:
+            rows.append((f"tbt:{name}", so.tbt, ev.tbt[name]))
+    for pool in snapshot.pools:
+        if pool.capacity_units is not None and ev.usage.get(pool.name):
+            rows.append((f"capacity:{pool.name}", pool.capacity_units, ev.usage[pool.name]))
+    return [
+        Constraint(name=n, limit=limit, value=value,
+                   binding=value >= limit * (1 - REL_TOL) - 1e-12)
+        for n, limit, value in rows
+    ]
