@@ -45,7 +45,7 @@ RULES: dict[str, list[Schema]] = {
     ],
 }
 # Lists keyed by a field: the API server rejects duplicates and server-side apply merges by key.
-LIST_KEYS = {("AgentGraphSpec", "steps"): "name"}
+LIST_KEYS: dict[tuple[str | None, str], str] = {("AgentGraphSpec", "steps"): "name"}
 
 
 def _convert(node: Any, defs: dict[str, Schema], owner: str | None, depth: dict[str, int]) -> Any:
@@ -66,9 +66,9 @@ def _convert(node: Any, defs: dict[str, Schema], owner: str | None, depth: dict[
     if any_of is not None:
         kept = [s for s in any_of if s.get("type") != "null"]
         if len(kept) == 1:
-            out = _convert(kept[0], defs, owner, depth)
-            out["nullable"] = True
-            return out
+            nullable: Schema = _convert(kept[0], defs, owner, depth)
+            nullable["nullable"] = True
+            return nullable
     out: Schema = {}
     for key, value in node.items():
         if key in ("title", "default", "$defs", "anyOf"):

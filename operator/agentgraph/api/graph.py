@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from agentgraph.api.common import ApiModel, Fraction, Name, ObjectMeta, PositiveFloat
 
 MAX_STEPS = 512
+DTYPE_BYTES = (0.5, 1.0, 2.0, 4.0)
+
+
+def _dtype_bytes(value: float) -> float:
+    if value not in DTYPE_BYTES:
+        raise ValueError(f"must be one of {', '.join(f'{v:g}' for v in DTYPE_BYTES)} "
+                         "(INT4, FP8, FP16/BF16, FP32)")
+    return value
+
+
+# Bytes per weight (and per KV element): 2 for FP16/BF16, 1 for FP8, 0.5 for INT4.
+DtypeBytes = Annotated[float, AfterValidator(_dtype_bytes),
+                       Field(json_schema_extra={"enum": list(DTYPE_BYTES)})]
 
 
 class StepKind(StrEnum):
@@ -49,7 +62,7 @@ class ModelShape(ApiModel):
     hidden_size: int = Field(ge=1)
     heads: int = Field(ge=1)
     kv_heads: int = Field(ge=1)
-    dtype_bytes: Literal[0.5, 1, 2, 4] = 2  # 2: FP16/BF16, 1: FP8
+    dtype_bytes: DtypeBytes = 2.0
 
     @model_validator(mode="after")
     def _heads(self) -> ModelShape:
@@ -75,7 +88,7 @@ class SmallModelWorkload(ApiModel):
     """Embedding, speech-to-text and text-to-speech: a small model run once per request."""
 
     parameters_billions: PositiveFloat
-    dtype_bytes: Literal[0.5, 1, 2, 4] = 2
+    dtype_bytes: DtypeBytes = 2.0
     tokens: int | None = Field(default=None, ge=1)  # embedding: tokens embedded per request
     audio_seconds: PositiveFloat | None = None  # STT: audio in; TTS: audio out
     static_latency_seconds: float = Field(default=0.0, ge=0)

@@ -48,7 +48,7 @@ class Cost(ApiModel):
 
 
 class ScaleUp(ApiModel):
-    """The chassis-local link (NVLink, Infinity Fabric, Gaudi RoCE ports) used by tensor parallelism."""
+    """The chassis-local link (NVLink, Infinity Fabric, Gaudi RoCE) tensor parallelism uses."""
 
     bandwidth_gbps: PositiveFloat = Field(alias="bandwidthGBps")  # GB/s per device, one direction
     max_devices: int = Field(ge=1, le=72)

@@ -67,8 +67,9 @@ class Table:
         tokens = step.llm.input_tokens if step.llm else 0
         for entry in _table(step).kv_transfer:
             if entry.from_pool == src.name and entry.to_pool == dst.name:
-                cost = (entry.cost_per_request or 0.0) + (entry.cost_per_input_token or 0.0) * tokens
-                return TransferEstimate(latency=entry.latency_seconds, bytes=0.0, cost_per_request=cost)
+                per_token = (entry.cost_per_input_token or 0.0) * tokens
+                cost = (entry.cost_per_request or 0.0) + per_token
+                return TransferEstimate(entry.latency_seconds, bytes=0.0, cost_per_request=cost)
         return None
 
 

@@ -79,7 +79,8 @@ def check_pools(graph: GraphModel, snapshot: ClusterSnapshot) -> None:
                     if name not in known:
                         suffix = "" if key == "pinnedPool" else f"[{j}]"
                         issues.append(Issue(f"{flat.path}.{where}.{key}{suffix}",
-                                            f"unknown pool '{name}' (known: {', '.join(sorted(known))})"))
+                                            f"unknown pool '{name}' "
+                                            f"(known: {', '.join(sorted(known))})"))
         if step.table is not None:
             for j, entry in enumerate(step.table.entries):
                 if entry.pool not in known:
@@ -149,7 +150,8 @@ def build(
                         opts.transfers[(src, dst)] = Transfer(
                             src, dst, TransferEstimate(0.0, 0.0, 0.0), 0.0)
                     elif disagg:
-                        t = model.kv_transfer(step, snapshot.pool(src), snapshot.pool(dst), settings)
+                        t = model.kv_transfer(step, snapshot.pool(src), snapshot.pool(dst),
+                                              settings)
                         if t is not None:
                             obj = t.cost_per_request * (rate * 3600 if rate else 1.0) * visits
                             opts.transfers[(src, dst)] = Transfer(src, dst, t, obj)

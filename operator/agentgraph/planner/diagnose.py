@@ -1,4 +1,4 @@
-"""Why no plan exists, in terms a user can act on: the field, the best reachable figure, the step."""
+"""Why no plan exists, in terms a user can act on: the field, the best reachable figure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from agentgraph.planner.snapshot import ClusterSnapshot
 
 
 def empty_slots(graph: GraphModel, options: Mapping[str, StepOptions]) -> list[str]:
-    """Steps (phases) no pool can run: the model fits nowhere, or a per-token limit is out of reach."""
+    """Steps (phases) no pool can run: the model fits nowhere, or a token limit is out of reach."""
     reasons = []
     for name, so in options.items():
         for phase, opts in so.slots.items():

@@ -189,7 +189,12 @@ def _check_cycles(
         if not cyclic:
             continue
         owners = {loop_of.get(m) for m in members}
-        if None in owners or len(owners) != 1:
+        loops = sorted(o for o in owners if o is not None)
+        if len(loops) == 1 and None in owners:
+            outside = sorted(m for m in members if m not in loop_of)
+            issues.append(Issue(f"{scope.loops[loops[0]][1]}.steps", f"steps {outside} lie on "
+                                "this loop's cycle but are not listed in it"))
+        elif None in owners or len(owners) != 1:
             edges = nx.find_cycle(digraph.subgraph(members))
             cycle = " -> ".join([u for u, _ in edges] + [edges[0][0]])
             where = next(s.path for s in scope.steps if s.name == edges[0][1])

@@ -103,9 +103,9 @@ def solve(
                 dur[col] = so.transfers[key].estimate.latency / sla
                 ttft[col] = so.transfers[key].estimate.latency
             for phase, side in (("prefill", 0), ("decode", 1)):
-                for pool in sorted({o.pool for _, o in x[(name, phase)]}):
-                    coefs = {col: 1.0 for key, col in z.items() if key[side] == pool}
-                    coefs.update({c: -1.0 for c, o in x[(name, phase)] if o.pool == pool})
+                for pool_name in sorted({o.pool for _, o in x[(name, phase)]}):
+                    coefs = {col: 1.0 for key, col in z.items() if key[side] == pool_name}
+                    coefs.update({c: -1.0 for c, o in x[(name, phase)] if o.pool == pool_name})
                     b.row(coefs, 0.0, 0.0)
             if so.ttft is not None:
                 b.row(ttft, -INF, so.ttft)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.costs.base import CostSettings, Pool
@@ -18,6 +18,10 @@ class ClusterSnapshot:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def without_capacity(self) -> ClusterSnapshot:
+        """The same pools, unbounded: to tell 'too small' apart from 'impossible'."""
+        return ClusterSnapshot(tuple(replace(p, capacity_units=None) for p in self.pools))
 
     @property
     def names(self) -> tuple[str, ...]:

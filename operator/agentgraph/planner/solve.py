@@ -45,8 +45,8 @@ def plan(
     if result.selection is None:
         relaxed = None
         if any(p.capacity_units is not None for p in snapshot.pools):
-            unbounded = ClusterSnapshot.from_profiles(profiles, settings, None)
-            relaxed = milp.solve(model, options, unbounded, time_limit).selection
+            relaxed = milp.solve(model, options, snapshot.without_capacity(),
+                                 time_limit).selection
         reasons = diagnose.infeasible(model, options, snapshot, relaxed)
         return Plan(feasible=False, sla_seconds=sla, reasons=reasons,
                     solve_seconds=result.seconds)

@@ -1,0 +1,141 @@
+"""Planner behaviour: loops, sub-agents, rates, capacity, constraints, disaggregation."""
+
+import pytest
+
+from agentgraph.api.graph import AgentGraph
+from agentgraph.planner import graph as graph_model
+from agentgraph.planner import solve
+from builders import LLAMA3_70B, compute, llm, make_graph, make_pool, tool
+
+CPU = make_pool("cpu", cpu=True, price=1.0, cores=32)
+GPU = make_pool("gpu", price=2.0)
+
+
+def by_step(plan) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    return {(a.step, a.phase): a for a in plan.assignments}
+
+
+def test_loop_counts_expected_iterations_and_reports_the_worst_case() -> None:
+    graph = make_graph(
+        [tool("start", latency=0.1), tool("think", latency=0.2, deps=["start", "act"]),
+         tool("act", latency=0.3, deps=["think"]), tool("end", latency=0.1, deps=["think"])],
+        loops=[{"steps": ["think", "act"], "expectedIterations": 2.5, "maxIterations": 4}])
+    plan = solve.plan(graph, [CPU])
+    assert plan.latency_seconds == pytest.approx(0.1 + 2.5 * 0.5 + 0.1)
+    assert plan.worst_case_latency_seconds == pytest.approx(0.1 + 4 * 0.5 + 0.1)
+    assert plan.critical_path == ["start", "think", "act", "end"]
+
+
+def test_loop_steps_see_their_expected_visits_in_the_rate() -> None:
+    graph = make_graph(
+        [compute("a", core_seconds=1.0, max_cores=1), compute("b", core_seconds=1.0, max_cores=1,
+                                                             deps=["a"])],
+        loops=[{"steps": ["b"], "expectedIterations": 3, "maxIterations": 3}],
+        rate=1.4, sla=100)
+    plan = solve.plan(graph, [CPU])
+    # 1 core-second per request, utilisation cap 0.7: 2 replicas for a, 6 for b (3 visits)
+    assert by_step(plan)[("a", None)].replicas == 2
+    assert by_step(plan)[("b", None)].replicas == 6
+
+
+def test_sub_agent_is_flattened_between_its_neighbours() -> None:
+    graph = AgentGraph.model_validate({
+        "metadata": {"name": "outer"},
+        "spec": {"sla": {"latencySeconds": 5}, "steps": [
+            tool("first", latency=0.1),
+            {"name": "research", "kind": "agent", "dependsOn": ["first"], "agent": {"steps": [
+                tool("search", latency=0.2), tool("read", latency=0.3, deps=["search"])]}},
+            tool("last", latency=0.1, deps=["research"]),
+        ]}})
+    model = graph_model.build(graph)
+    assert list(model.steps) == ["first", "research.search", "research.read", "last"]
+    assert model.steps["research.search"].deps == ("first",)
+    assert model.steps["last"].deps == ("research.read",)
+    plan = solve.plan(graph, [CPU])
+    assert plan.latency_seconds == pytest.approx(0.7)
+
+
+def test_sub_agent_errors_name_the_nested_field() -> None:
+    graph = AgentGraph.model_validate({
+        "metadata": {"name": "outer"},
+        "spec": {"sla": {"latencySeconds": 5}, "steps": [
+            {"name": "research", "kind": "agent", "agent": {"steps": [
+                tool("search", deps=["nope"])]}}]}})
+    with pytest.raises(Exception) as e:
+        graph_model.build(graph)
+    assert "spec.steps[0].agent.steps[0].dependsOn[0]: unknown step 'nope'" in str(e.value)
+
+
+def test_tighter_sla_buys_faster_and_dearer_configurations() -> None:
+    steps = [compute("a", core_seconds=2.0, max_cores=8)]
+    loose = solve.plan(make_graph(steps, sla=10, rate=1.0), [CPU])
+    tight = solve.plan(make_graph(steps, sla=0.3, rate=1.0), [CPU])
+    assert loose.latency_seconds is not None and tight.latency_seconds is not None
+    assert tight.latency_seconds <= 0.3 < loose.latency_seconds
+    assert tight.objective is not None and loose.objective is not None
+    assert tight.objective.value > loose.objective.value
+
+
+def test_pinned_and_forbidden_pools_are_obeyed() -> None:
+    pinned = tool("a", constraints={"pinnedPool": "gpu"})
+    plan = solve.plan(make_graph([pinned]), [CPU, GPU])
+    assert by_step(plan)[("a", None)].pool == "gpu"
+    forbidden = tool("a", constraints={"forbiddenPools": ["cpu"]})
+    assert by_step(solve.plan(make_graph([forbidden]), [CPU, GPU]))[("a", None)].pool == "gpu"
+
+
+def test_capacity_pushes_work_to_the_next_pool() -> None:
+    cheap = make_pool("cheap", price=1.0, nodes=1)  # 8 devices
+    dear = make_pool("dear", price=3.0)
+    graph = make_graph([llm("chat", model=LLAMA3_70B)], rate=20.0, sla=60)
+    unbounded = solve.plan(graph, [make_pool("cheap", price=1.0), dear])
+    assert {a.pool for a in unbounded.assignments} == {"cheap"}
+    assert sum(a.replicas * a.units_per_replica for a in unbounded.assignments) > 8
+    bounded = solve.plan(graph, [cheap, dear])
+    assert bounded.feasible
+    used = sum(a.replicas * a.units_per_replica for a in bounded.assignments if a.pool == "cheap")
+    assert used <= 8
+    assert "dear" in {a.pool for a in bounded.assignments}
+    cap = next(c for c in bounded.constraints if c.name == "capacity:cheap")
+    assert cap.value <= cap.limit
+
+
+def test_capacity_from_the_cluster_overrides_the_profile() -> None:
+    graph = make_graph([llm("chat", model=LLAMA3_70B)], rate=20.0, sla=60)
+    plan = solve.plan(graph, [make_pool("cheap", price=1.0)], capacity_units={"cheap": 4})
+    assert not plan.feasible
+
+
+def test_colocated_keeps_both_phases_on_one_pool() -> None:
+    # prefill wants the compute-rich pool, decode the bandwidth-rich one
+    flops = make_pool("flops", price=1.0, tflops=2000, bandwidth=1000)
+    bw = make_pool("bw", price=1.0, tflops=200, bandwidth=8000)
+    split = solve.plan(make_graph([llm("chat", input_tokens=4096, output_tokens=512)],
+                                  rate=10, sla=60), [flops, bw])
+    assert {a.phase: a.pool for a in split.assignments} == {"prefill": "flops", "decode": "bw"}
+    assert split.transfers and split.transfers[0].bytes_per_request > 0
+    together = solve.plan(make_graph([llm("chat", input_tokens=4096, output_tokens=512,
+                                          disaggregation="colocated")], rate=10, sla=60),
+                          [flops, bw])
+    assert len({a.pool for a in together.assignments}) == 1
+    assert together.objective is not None and split.objective is not None
+    assert together.objective.value >= split.objective.value
+
+
+def test_ttft_limit_shapes_the_choice() -> None:
+    graph = make_graph([llm("chat", input_tokens=4096)], rate=5, sla=60, ttftSeconds=0.2)
+    plan = solve.plan(graph, [GPU])
+    ttft = next(c for c in plan.constraints if c.name == "ttft:chat")
+    assert ttft.value <= 0.2
+    assert plan.feasible
+
+
+def test_without_a_rate_the_objective_is_cost_per_request() -> None:
+    plan = solve.plan(make_graph([tool("a")]), [CPU])
+    assert plan.objective is not None and plan.objective.name == "costPerRequest"
+    assert plan.cost_per_hour is None
+
+
+def test_plan_solves_in_its_own_time() -> None:
+    plan = solve.plan(make_graph([tool("a")]), [CPU])
+    assert plan.solve_seconds is not None and plan.solve_seconds >= 0
