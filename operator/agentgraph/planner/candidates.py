@@ -42,11 +42,26 @@ class Transfer:
     objective: float
 
 
+@dataclass(frozen=True)
+class Config:
+    """One complete way to run a step: an option per phase, and the KV transfer between them.
+
+    The MILP chooses among these: a step touches the rest of the graph only through its
+    duration, its cost and the units it holds in each pool."""
+
+    parts: tuple[tuple[Phase, Option], ...]
+    transfer: Transfer | None
+    latency: float
+    objective: float
+    usage: tuple[tuple[str, float], ...]  # (pool, units), sorted by pool
+
+
 @dataclass
 class StepOptions:
     step: FlatStep
     slots: dict[Phase, list[Option]] = field(default_factory=dict)
     transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)
+    configs: list[Config] = field(default_factory=list)
     ttft: float | None = None
     tbt: float | None = None
     rejected: list[str] = field(default_factory=list)
@@ -112,6 +127,7 @@ def build(
 ) -> dict[str, StepOptions]:
     rate = graph.sla.target_requests_per_second
     cap = graph.planning.max_utilisation
+    capped = frozenset(p.name for p in snapshot.pools if p.capacity_units is not None)
     result: dict[str, StepOptions] = {}
     for name, flat in graph.steps.items():
         step = flat.step
@@ -139,7 +155,7 @@ def build(
                 for est in found.options:
                     options.append(_price(est, rate, visits, cap))
             options = _within_token_limits(opts, phase, options)
-            opts.slots[phase] = _prune(options) if prune else options
+            opts.slots[phase] = _prune(options, capped) if prune else options
         if opts.is_llm:
             disagg = step.llm is None or step.llm.disaggregation == "auto"
             pre = {o.pool for o in opts.slots["prefill"]}
@@ -155,8 +171,59 @@ def build(
                         if t is not None:
                             obj = t.cost_per_request * (rate * 3600 if rate else 1.0) * visits
                             opts.transfers[(src, dst)] = Transfer(src, dst, t, obj)
+        opts.configs = _configs(opts)
+        if prune:
+            opts.configs = _prune_configs(opts.configs, capped)
         result[name] = opts
     return result
+
+
+def _configs(opts: StepOptions) -> list[Config]:
+    if not opts.is_llm:
+        return [Config((("run", o),), None, o.estimate.latency, o.objective,
+                       ((o.pool, o.units_total),)) for o in opts.slots.get("run", [])]
+    out = []
+    for (src, dst), t in opts.transfers.items():
+        kv = t.estimate.latency
+        for pre in (o for o in opts.slots["prefill"] if o.pool == src):
+            for dec in (o for o in opts.slots["decode"] if o.pool == dst):
+                ttft = pre.estimate.latency + kv + (dec.estimate.tbt or 0.0)
+                if opts.ttft is not None and ttft > opts.ttft:
+                    continue
+                usage: dict[str, float] = {}
+                for o in (pre, dec):
+                    usage[o.pool] = usage.get(o.pool, 0.0) + o.units_total
+                out.append(Config((("prefill", pre), ("decode", dec)), t,
+                                  pre.estimate.latency + kv + dec.estimate.latency,
+                                  pre.objective + t.objective + dec.objective,
+                                  tuple(sorted(usage.items()))))
+    return out
+
+
+def _prune_configs(configs: list[Config], capped: frozenset[str]) -> list[Config]:
+    """Drop configurations another beats or ties on cost, duration and every capped pool's
+    units. Without capped pools this is the 2-D Pareto front, found by one sweep."""
+    # A stable sort: ties keep the deterministic enumeration order.
+    ordered = sorted(configs, key=lambda c: (c.objective, c.latency))
+    if not any(pool in capped for c in configs for pool, _ in c.usage):
+        kept, best_latency = [], float("inf")
+        for c in ordered:
+            if c.latency < best_latency:
+                kept.append(c)
+                best_latency = c.latency
+        return kept
+
+    def held(c: Config) -> dict[str, float]:
+        return {p: u for p, u in c.usage if p in capped}
+
+    kept_full: list[Config] = []
+    for c in ordered:
+        mine = held(c)
+        if any(k.latency <= c.latency and all(mine.get(p, 0.0) >= u for p, u in held(k).items())
+               for k in kept_full):
+            continue
+        kept_full.append(c)
+    return kept_full
 
 
 def _within_token_limits(opts: StepOptions, phase: Phase, options: list[Option]) -> list[Option]:
@@ -192,10 +259,12 @@ def _price(est: Estimate, rate: float | None, visits: float, max_util: float) ->
     return Option(est, replicas, hourly, hourly)
 
 
-def _prune(options: list[Option]) -> list[Option]:
-    """Per pool, drop options another option beats or ties on every axis the MILP sees."""
+def _prune(options: list[Option], capped: frozenset[str]) -> list[Option]:
+    """Per pool, drop options another option beats or ties on every axis that matters: cost,
+    latency, time between tokens, and units where the pool's size is limited."""
     def key(o: Option) -> tuple[float, ...]:
-        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, o.units_total)
+        units = o.units_total if o.pool in capped else 0.0
+        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, units)
 
     ordered = sorted(options, key=lambda o: (o.pool, *key(o), o.estimate.tensor_parallel,
                                              o.estimate.batch))

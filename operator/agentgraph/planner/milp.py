@@ -1,19 +1,20 @@
-"""The exact optimiser: one configuration per step phase, minimum objective, on HiGHS.
+"""The exact optimiser: one configuration per step, minimum objective, on HiGHS.
+
+A configuration fixes everything about a step: for an LLM step its prefill option, its decode
+option and the KV transfer between their pools (TTFT already checked when they were combined).
+The MILP then only has to pick one configuration per step against the graph-wide limits:
 
 Variables
-  x[o]      binary, option o of a (step, phase) slot is chosen; exactly one per slot
-  z[s,p,q]  in [0, 1], LLM step s runs prefill on pool p and decode on pool q. The rows
-            sum_q z[p,q] = x(prefill on p) and sum_p z[p,q] = x(decode on q) make z the product
-            of the two binaries, so the KV transfer's latency and cost enter linearly.
-  F[b]      finish time of block b; f[s] finish of step s inside its loop's body; L[l] the body's
-            length. Times are in units of the SLA so every row is O(1).
+  x[c]   binary, configuration c of its step is chosen; exactly one per step
+  F[b]   finish time of block b; f[s] finish of step s inside its loop's body; L[l] the body's
+         length. Times are in units of the SLA so every row is O(1).
 Rows
   F[b] >= F[p] + D[b]           for every block edge p -> b (D: step duration, or E * L[l])
   F[b] <= 1                     for every sink block (the end-to-end SLA)
-  TTFT[s] <= ttft               prefill + KV transfer + first token, per LLM step
   sum units * x <= capacity     per pool that has a known size
 Replica counts are integers fixed by each option (ceil(rate / (throughput * max utilisation))),
-so capacity and cost stay linear in x.
+so capacity and cost stay linear in x. Before solving, ``bounds`` drops configurations no
+feasible plan can use and fixes steps whose cheapest configuration is always safe.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import numpy as np
 from scipy import optimize, sparse
 
 from agentgraph.costs.base import Phase
-from agentgraph.planner.candidates import Option, StepOptions
+from agentgraph.planner import bounds
+from agentgraph.planner.candidates import Config, Option, StepOptions
 from agentgraph.planner.graph import GraphModel
 from agentgraph.planner.snapshot import ClusterSnapshot
 
 INF = np.inf
+MIP_REL_GAP = 1e-7
+SLACK_TOL = 1e-9  # keep configurations that meet the SLA only up to rounding
 
 
 @dataclass(frozen=True)
@@ -51,17 +55,14 @@ class _Builder:
         self.lo: list[float] = []
         self.hi: list[float] = []
 
-    def var(self, cost: float = 0.0, binary: bool = False, upper: float = INF) -> int:
+    def var(self, cost: float = 0.0, binary: bool = False) -> int:
         self.cost.append(cost)
         self.integer.append(1 if binary else 0)
-        self.upper.append(1.0 if binary else upper)
+        self.upper.append(1.0 if binary else INF)
         return len(self.cost) - 1
 
     def row(self, coefs: Mapping[int, float], lo: float, hi: float) -> None:
-        merged: dict[int, float] = {}
-        for col, val in coefs.items():
-            merged[col] = merged.get(col, 0.0) + val
-        self.rows.append(merged)
+        self.rows.append(dict(coefs))
         self.lo.append(lo)
         self.hi.append(hi)
 
@@ -76,46 +77,53 @@ def solve(
     started = time.perf_counter()
     b = _Builder()
     sla = graph.sla.latency_seconds
-    scale = max((o.objective for so in options.values() for opts in so.slots.values()
-                 for o in opts), default=1.0) or 1.0
-    x: dict[tuple[str, Phase], list[tuple[int, Option]]] = {}
+    scale = max((c.objective for so in options.values() for c in so.configs), default=1.0) or 1.0
+    usable = _reduce(graph, options, snapshot) if enforce_sla else {
+        name: so.configs for name, so in options.items()}
+    chosen_from: dict[str, list[tuple[int, Config]]] = {}
     duration: dict[str, dict[int, float]] = {}
     pool_use: dict[str, dict[int, float]] = {}
-    for name, so in options.items():
-        dur: dict[int, float] = {}
-        ttft: dict[int, float] = {}
-        for phase, opts in so.slots.items():
-            cols = []
-            for o in opts:
-                col = b.var(o.objective / scale, binary=True)
-                cols.append((col, o))
-                dur[col] = o.estimate.latency / sla
-                if phase == "prefill":
-                    ttft[col] = o.estimate.latency
-                elif phase == "decode":
-                    ttft[col] = o.estimate.tbt or 0.0
-                pool_use.setdefault(o.pool, {})[col] = o.units_total
-            x[(name, phase)] = cols
-            b.row({c: 1.0 for c, _ in cols}, 1.0, 1.0)
-        if so.is_llm:
-            z = {key: b.var(t.objective / scale, upper=1.0) for key, t in so.transfers.items()}
-            for key, col in z.items():
-                dur[col] = so.transfers[key].estimate.latency / sla
-                ttft[col] = so.transfers[key].estimate.latency
-            for phase, side in (("prefill", 0), ("decode", 1)):
-                for pool_name in sorted({o.pool for _, o in x[(name, phase)]}):
-                    coefs = {col: 1.0 for key, col in z.items() if key[side] == pool_name}
-                    coefs.update({c: -1.0 for c, o in x[(name, phase)] if o.pool == pool_name})
-                    b.row(coefs, 0.0, 0.0)
-            if so.ttft is not None:
-                b.row(ttft, -INF, so.ttft)
-        duration[name] = dur
+    for name in options:
+        cols = [(b.var(c.objective / scale, binary=True), c) for c in usable[name]]
+        chosen_from[name] = cols
+        duration[name] = {col: c.latency / sla for col, c in cols}
+        for col, c in cols:
+            for pool, units in c.usage:
+                pool_use.setdefault(pool, {})[col] = units
+        b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
     _timing(b, graph, duration, enforce_sla)
     for pool in snapshot.pools:
         if pool.capacity_units is not None and pool.name in pool_use:
             b.row(pool_use[pool.name], -INF, pool.capacity_units)
-    selection, status = _run(b, x, time_limit)
+    picked, status = _run(b, chosen_from, time_limit)
+    selection = None
+    if picked is not None:
+        selection = {(name, phase): o for name, c in picked.items() for phase, o in c.parts}
     return MilpResult(selection, status, time.perf_counter() - started, len(b.cost), len(b.rows))
+
+
+def _reduce(
+    graph: GraphModel, options: Mapping[str, StepOptions], snapshot: ClusterSnapshot
+) -> dict[str, list[Config]]:
+    """The two exact reductions of ``bounds``: drop too-slow configurations, fix slack steps."""
+    if not all(so.configs for so in options.values()):
+        return {name: so.configs for name, so in options.items()}
+    capped = {p.name for p in snapshot.pools if p.capacity_units is not None}
+    fastest = {name: min(c.latency for c in so.configs) for name, so in options.items()}
+    cheapest = {name: min(so.configs, key=lambda c: (c.objective, c.latency))
+                for name, so in options.items()}
+    room_fast = bounds.latency_caps(graph, fastest)
+    room_cheap = bounds.latency_caps(graph, {n: c.latency for n, c in cheapest.items()})
+    out = {}
+    for name, so in options.items():
+        c0 = cheapest[name]
+        if (c0.latency <= room_cheap[name] * (1 + SLACK_TOL)
+                and not any(p in capped for c in so.configs for p, _ in c.usage)):
+            out[name] = [c0]
+            continue
+        cap = room_fast[name] * (1 + SLACK_TOL) + 1e-12
+        out[name] = [c for c in so.configs if c.latency <= cap]
+    return out
 
 
 def _timing(
@@ -127,15 +135,12 @@ def _timing(
         finish[block.id] = fb
         if block.loop is not None:
             length = b.var()
-            local: dict[str, int] = {}
+            local = {step: b.var() for step in block.loop.steps}
             for step in block.loop.steps:
-                local[step] = b.var()
-            for step in block.loop.steps:
-                preds = block.loop.body_preds[step]
-                for p in preds or (None,):
+                for p in block.loop.body_preds[step] or (None,):
                     coefs = {local[step]: 1.0, **{c: -v for c, v in duration[step].items()}}
                     if p is not None:
-                        coefs[local[p]] = coefs.get(local[p], 0.0) - 1.0
+                        coefs[local[p]] = -1.0
                     b.row(coefs, 0.0, INF)
                 b.row({length: 1.0, local[step]: -1.0}, 0.0, INF)
             own = {length: -block.loop.expected}
@@ -153,8 +158,8 @@ def _timing(
 
 
 def _run(
-    b: _Builder, x: Mapping[tuple[str, Phase], list[tuple[int, Option]]], time_limit: float
-) -> tuple[dict[tuple[str, Phase], Option] | None, str]:
+    b: _Builder, chosen_from: Mapping[str, list[tuple[int, Config]]], time_limit: float
+) -> tuple[dict[str, Config] | None, str]:
     n = len(b.cost)
     rows, cols, vals = [], [], []
     for r, coefs in enumerate(b.rows):
@@ -168,13 +173,11 @@ def _run(
         integrality=np.array(b.integer),
         bounds=optimize.Bounds(np.zeros(n), np.array(b.upper)),
         constraints=optimize.LinearConstraint(matrix, np.array(b.lo), np.array(b.hi)),
-        options={"time_limit": time_limit, "mip_rel_gap": 1e-7, "presolve": True},
+        options={"time_limit": time_limit, "mip_rel_gap": MIP_REL_GAP, "presolve": True},
     )
     if result.x is None:
         return None, "infeasible" if result.status == 2 else f"no solution ({result.message})"
-    chosen = {}
-    for slot, cols_opts in x.items():
-        best = max(cols_opts, key=lambda co: result.x[co[0]])
-        chosen[slot] = best[1]
+    picked = {name: max(cols, key=lambda cc: result.x[cc[0]])[1]
+              for name, cols in chosen_from.items()}
     status = "optimal" if result.status == 0 else f"time limit ({result.message})"
-    return chosen, status
+    return picked, status

@@ -1,0 +1,139 @@
+"""Invariants on random graphs: the plan meets what it reports; the MILP equals brute force."""
+
+import itertools
+import math
+from typing import Any
+
+import networkx as nx
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from agentgraph.api.graph import AgentGraph
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.plan import Plan
+from agentgraph.costs.base import CostSettings
+from agentgraph.planner import candidates, solve
+from agentgraph.planner import graph as graph_model
+from agentgraph.planner.evaluate import evaluate
+from agentgraph.planner.snapshot import ClusterSnapshot
+from builders import compute, llm, make_graph, make_pool, tool
+
+SMALL = CostSettings(tensor_parallel=(1, 2), prefill_batches=(1, 4), decode_batches=(1, 8, 32),
+                     small_model_batches=(1, 8), cpu_cores=(1, 2, 4))
+TOL = 1e-6
+PROPERTY = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[AgentGraph, list[HardwareProfile]]:
+    pools = []
+    for i in range(draw(st.integers(1, 3))):
+        cpu = i > 0 and draw(st.booleans())
+        pools.append(make_pool(
+            f"p{i}", cpu=cpu, price=draw(st.sampled_from([0.3, 1.0, 2.5])),
+            tflops=draw(st.sampled_from([100, 400, 1500])),
+            bandwidth=draw(st.sampled_from([300, 2000, 6000])),
+            memory=draw(st.sampled_from([24, 80, 192])),
+            nodes=draw(st.none() | st.integers(1, 2)), cores=16, max_tp=2))
+    steps: list[dict[str, Any]] = []
+    loops = []
+    has_llm = False
+    for i in range(draw(st.integers(1, 4))):
+        name = f"s{i}"
+        deps = draw(st.lists(st.sampled_from([s["name"] for s in steps]), unique=True,
+                             max_size=2)) if steps else []
+        kind = draw(st.sampled_from(["tool", "compute"] if has_llm else
+                                    ["tool", "compute", "llm"]))
+        if kind == "tool":
+            steps.append(tool(name, latency=draw(st.sampled_from([0.05, 0.3, 1.0])), deps=deps))
+        elif kind == "compute":
+            steps.append(compute(name, core_seconds=draw(st.sampled_from([0.1, 0.8, 3.0])),
+                                 deps=deps, max_cores=4))
+        else:
+            has_llm = True
+            steps.append(llm(name, deps=deps,
+                             input_tokens=draw(st.sampled_from([256, 2048])),
+                             output_tokens=draw(st.sampled_from([32, 256]))))
+        if kind != "llm" and not loops and draw(st.booleans()):
+            steps[-1]["dependsOn"].append(name)  # a one-step loop: the step feeds itself
+            loops.append({"steps": [name], "expectedIterations": draw(st.sampled_from([1, 2.5])),
+                          "maxIterations": 4})
+    rate = draw(st.none() | st.sampled_from([0.5, 4.0, 30.0]))
+    extra = {"ttftSeconds": draw(st.sampled_from([0.3, 2.0]))} if has_llm and draw(
+        st.booleans()) else {}
+    graph = make_graph(steps, sla=draw(st.sampled_from([0.5, 2.0, 8.0, 40.0])), rate=rate,
+                       loops=loops, **extra)
+    return graph, pools
+
+
+def oracle_latency(graph: AgentGraph, plan: Plan) -> float:
+    """Longest path recomputed from the plan's own numbers, with networkx, loops expanded."""
+    loops = {lp.steps[0]: lp.expected_iterations for lp in graph.spec.loops}
+    duration: dict[str, float] = {}
+    for a in plan.assignments:
+        duration[a.step] = duration.get(a.step, 0.0) + a.latency_seconds
+    for t in plan.transfers:
+        duration[t.step] += t.latency_seconds
+    g = nx.DiGraph()
+    for s in graph.spec.steps:
+        g.add_node(s.name, w=duration[s.name] * loops.get(s.name, 1.0))
+        g.add_edges_from((d, s.name) for d in s.depends_on if d != s.name)
+    finish: dict[str, float] = {}
+    for n in nx.topological_sort(g):
+        finish[n] = max((finish[p] for p in g.predecessors(n)), default=0.0) + g.nodes[n]["w"]
+    return max(finish.values())
+
+
+@PROPERTY
+@given(scenarios())
+def test_plan_meets_every_constraint_it_reports(case: tuple[AgentGraph, list[Any]]) -> None:
+    graph, pools = case
+    plan = solve.plan(graph, pools, SMALL)
+    if not plan.feasible:
+        assert plan.reasons, "an infeasible plan must say why"
+        return
+    sla = graph.spec.sla
+    assert plan.latency_seconds is not None
+    assert math.isclose(oracle_latency(graph, plan), plan.latency_seconds, rel_tol=1e-9)
+    assert plan.latency_seconds <= sla.latency_seconds * (1 + TOL)
+    visits = {lp.steps[0]: lp.expected_iterations for lp in graph.spec.loops}
+    by_pool: dict[str, float] = {}
+    for a in plan.assignments:
+        by_pool[a.pool] = by_pool.get(a.pool, 0.0) + a.replicas * a.units_per_replica
+        if sla.target_requests_per_second:  # enough replicas for the rate at the cap
+            capacity = a.replicas * a.batch / a.latency_seconds * 0.7
+            assert capacity >= sla.target_requests_per_second * visits.get(a.step, 1) * (1 - TOL)
+    for p in pools:
+        if p.spec.pool.nodes is not None:
+            per_node = p.spec.cores if p.spec.device_type == "cpu" else 8
+            assert by_pool.get(p.name, 0.0) <= p.spec.pool.nodes * per_node * (1 + TOL)
+    for c in plan.constraints:
+        assert c.value <= c.limit * (1 + TOL), c
+    if sla.ttft_seconds is not None:
+        ttft = next(c for c in plan.constraints if c.name.startswith("ttft:"))
+        assert ttft.value <= sla.ttft_seconds * (1 + TOL)
+
+
+@PROPERTY
+@given(scenarios())
+def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> None:
+    graph, pools = case
+    model = graph_model.build(graph)
+    snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
+    options = candidates.build(model, snapshot, SMALL, prune=False)
+    slots = [(name, phase) for name, so in options.items() for phase in so.slots]
+    choices = [options[n].slots[p] for n, p in slots]
+    assume(all(choices) and math.prod(len(c) for c in choices) <= 3000)
+    best = math.inf
+    for combo in itertools.product(*choices):
+        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
+        if ev.feasible:
+            best = min(best, ev.objective)
+    plan = solve.plan(graph, pools, SMALL)
+    if math.isinf(best):
+        assert not plan.feasible
+    else:
+        assert plan.feasible, plan.reasons
+        assert plan.objective is not None
+        assert math.isclose(plan.objective.value, best, rel_tol=TOL), (plan.objective.value, best)
