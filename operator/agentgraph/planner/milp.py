@@ -88,8 +88,8 @@ def solve(
         chosen_from[name] = cols
         duration[name] = {col: c.latency / sla for col, c in cols}
         for col, c in cols:
-            for pool, units in c.usage:
-                pool_use.setdefault(pool, {})[col] = units
+            for pool_name, units in c.usage:
+                pool_use.setdefault(pool_name, {})[col] = units
         b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
     _timing(b, graph, duration, enforce_sla)
     for pool in snapshot.pools:
