@@ -127,6 +127,8 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
               f"[/], latency {plan.latency_seconds:.4g} s of {plan.sla_seconds:g} s SLA "
               f"(worst case {plan.worst_case_latency_seconds or 0:.4g} s), "
               f"solved in {plan.solve_seconds or 0:.3f} s")
+    if plan.solver_status != "optimal":
+        out.print(f"[yellow]not proven optimal: {plan.solver_status}[/]")
     hourly = plan.cost_per_hour is not None
     table = Table("step", "phase", "pool", "TP", "batch", "replicas", "latency s",
                   "$/hour" if hourly else "$/request", "bound")

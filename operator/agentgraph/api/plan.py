@@ -88,4 +88,7 @@ class Plan(ApiModel):
     baselines: list[Baseline] = Field(default_factory=list)
     alternatives: list[Alternative] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)  # why infeasible, sorted
+    # "optimal": proven minimum; "time limit: ...": the best plan found when the solver's time
+    # ran out, feasible but not proven optimal.
+    solver_status: str | None = None
     solve_seconds: float | None = None

@@ -42,6 +42,11 @@ def plan(
     if empty:
         return Plan(feasible=False, sla_seconds=sla, reasons=empty)
     result = milp.solve(model, options, snapshot, time_limit)
+    if result.selection is None and result.status != "infeasible":
+        return Plan(feasible=False, sla_seconds=sla, solver_status=result.status,
+                    solve_seconds=result.seconds,
+                    reasons=[f"the solver found no plan within its time limit of {time_limit:g} s "
+                             f"({result.status}); allow it more time"])
     if result.selection is None:
         relaxed = None
         if any(p.capacity_units is not None for p in snapshot.pools):
@@ -49,10 +54,11 @@ def plan(
                                  time_limit).selection
         reasons = diagnose.infeasible(model, options, snapshot, relaxed)
         return Plan(feasible=False, sla_seconds=sla, reasons=reasons,
-                    solve_seconds=result.seconds)
+                    solver_status=result.status, solve_seconds=result.seconds)
     ev = evaluate(model, options, result.selection, snapshot)
     out = render(model, options, result.selection, ev, snapshot)
-    out = out.model_copy(update={"solve_seconds": result.seconds})
+    out = out.model_copy(update={"solve_seconds": result.seconds,
+                                 "solver_status": result.status})
     if ev.violations:  # the solver's answer failed the exact re-check: never report it as good
         return out.model_copy(update={"feasible": False, "reasons": ev.violations})
     if with_explanation:
