@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from agentgraph.api.graph import PoolConstraints, StepKind
@@ -129,8 +130,19 @@ def build(
     cap = graph.planning.max_utilisation
     capped = frozenset(p.name for p in snapshot.pools if p.capacity_units is not None)
     result: dict[str, StepOptions] = {}
+    # Steps with the same workload, visits and limits get the same candidates: nothing in an
+    # option names its step. Agent graphs repeat workloads often (one model, many calls).
+    memo: dict[tuple[str, float], StepOptions] = {}
     for name, flat in graph.steps.items():
         step = flat.step
+        key = (step.model_dump_json(exclude={"name", "depends_on", "container"}),
+               graph.visits[name])
+        if key in memo:
+            seen = memo[key]
+            result[name] = StepOptions(step=flat, slots=seen.slots, transfers=seen.transfers,
+                                       configs=seen.configs, ttft=seen.ttft, tbt=seen.tbt,
+                                       rejected=list(seen.rejected))
+            continue
         model = registry.model_for(step)
         opts = StepOptions(step=flat)
         if step.kind is StepKind.LLM and step.llm is not None:
@@ -171,55 +183,71 @@ def build(
                         if t is not None:
                             obj = t.cost_per_request * (rate * 3600 if rate else 1.0) * visits
                             opts.transfers[(src, dst)] = Transfer(src, dst, t, obj)
-        opts.configs = _configs(opts)
-        if prune:
-            opts.configs = _prune_configs(opts.configs, capped)
-        result[name] = opts
+        opts.configs = _configs(opts, capped, prune)
+        result[name] = memo[key] = opts
     return result
 
 
-def _configs(opts: StepOptions) -> list[Config]:
+def _by_pool(options: list[Option]) -> dict[str, list[Option]]:
+    grouped: dict[str, list[Option]] = {}
+    for o in options:
+        grouped.setdefault(o.pool, []).append(o)
+    return grouped
+
+
+# objective, latency, parts, transfer, usage: a Config before it is worth building one
+_Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], Transfer | None,
+             tuple[tuple[str, float], ...]]
+
+
+def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Config]:
+    raw: list[_Raw] = []
     if not opts.is_llm:
-        return [Config((("run", o),), None, o.estimate.latency, o.objective,
-                       ((o.pool, o.units_total),)) for o in opts.slots.get("run", [])]
-    out = []
-    for (src, dst), t in opts.transfers.items():
-        kv = t.estimate.latency
-        for pre in (o for o in opts.slots["prefill"] if o.pool == src):
-            for dec in (o for o in opts.slots["decode"] if o.pool == dst):
-                ttft = pre.estimate.latency + kv + (dec.estimate.tbt or 0.0)
-                if opts.ttft is not None and ttft > opts.ttft:
+        raw = [(o.objective, o.estimate.latency, (("run", o),), None,
+                ((o.pool, o.units_total),)) for o in opts.slots.get("run", [])]
+    else:
+        prefill, decode = _by_pool(opts.slots["prefill"]), _by_pool(opts.slots["decode"])
+        limit = math.inf if opts.ttft is None else opts.ttft
+        for (src, dst), t in opts.transfers.items():
+            kv = t.estimate.latency
+            for pre in prefill.get(src, []):
+                head = pre.estimate.latency + kv
+                if head > limit:
                     continue
-                usage: dict[str, float] = {}
-                for o in (pre, dec):
-                    usage[o.pool] = usage.get(o.pool, 0.0) + o.units_total
-                out.append(Config((("prefill", pre), ("decode", dec)), t,
-                                  pre.estimate.latency + kv + dec.estimate.latency,
-                                  pre.objective + t.objective + dec.objective,
-                                  tuple(sorted(usage.items()))))
-    return out
+                for dec in decode.get(dst, []):
+                    if head + (dec.estimate.tbt or 0.0) > limit:
+                        continue
+                    usage = (((src, pre.units_total + dec.units_total),) if src == dst else
+                             ((src, pre.units_total), (dst, dec.units_total)))
+                    raw.append((pre.objective + t.objective + dec.objective,
+                                head + dec.estimate.latency,
+                                (("prefill", pre), ("decode", dec)), t, usage))
+    if prune:
+        raw = _prune_configs(raw, capped)
+    return [Config(parts, t, latency, objective, tuple(sorted(usage)))
+            for objective, latency, parts, t, usage in raw]
 
 
-def _prune_configs(configs: list[Config], capped: frozenset[str]) -> list[Config]:
+def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
     """Drop configurations another beats or ties on cost, duration and every capped pool's
     units. Without capped pools this is the 2-D Pareto front, found by one sweep."""
     # A stable sort: ties keep the deterministic enumeration order.
-    ordered = sorted(configs, key=lambda c: (c.objective, c.latency))
-    if not any(pool in capped for c in configs for pool, _ in c.usage):
-        kept, best_latency = [], float("inf")
+    ordered = sorted(configs, key=lambda c: (c[0], c[1]))
+    if not any(pool in capped for c in configs for pool, _ in c[4]):
+        kept, best_latency = [], math.inf
         for c in ordered:
-            if c.latency < best_latency:
+            if c[1] < best_latency:
                 kept.append(c)
-                best_latency = c.latency
+                best_latency = c[1]
         return kept
 
-    def held(c: Config) -> dict[str, float]:
-        return {p: u for p, u in c.usage if p in capped}
+    def held(c: _Raw) -> dict[str, float]:
+        return {p: u for p, u in c[4] if p in capped}
 
-    kept_full: list[Config] = []
+    kept_full: list[_Raw] = []
     for c in ordered:
         mine = held(c)
-        if any(k.latency <= c.latency and all(mine.get(p, 0.0) >= u for p, u in held(k).items())
+        if any(k[1] <= c[1] and all(mine.get(p, 0.0) >= u for p, u in held(k).items())
                for k in kept_full):
             continue
         kept_full.append(c)
@@ -266,13 +294,15 @@ def _prune(options: list[Option], capped: frozenset[str]) -> list[Option]:
         units = o.units_total if o.pool in capped else 0.0
         return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, units)
 
-    ordered = sorted(options, key=lambda o: (o.pool, *key(o), o.estimate.tensor_parallel,
-                                             o.estimate.batch))
     kept: list[Option] = []
-    for o in ordered:
-        k = key(o)
-        if any(p.pool == o.pool and all(a <= b for a, b in zip(key(p), k, strict=True))
-               for p in kept):
-            continue
-        kept.append(o)
+    for _, group in sorted(_by_pool(options).items()):
+        ordered = sorted(group, key=lambda o: (*key(o), o.estimate.tensor_parallel,
+                                               o.estimate.batch))
+        front: list[tuple[tuple[float, ...], Option]] = []
+        for o in ordered:
+            k = key(o)
+            if any(all(a <= b for a, b in zip(pk, k, strict=True)) for pk, _ in front):
+                continue
+            front.append((k, o))
+        kept.extend(o for _, o in front)
     return kept
