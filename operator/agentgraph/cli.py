@@ -138,9 +138,9 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
                       _money(a.cost_per_hour if hourly else a.cost_per_request), a.bound)
     out.print(table)
     for t in plan.transfers:
-        out.print(f"KV transfer {t.step}: {t.from_pool} -> {t.to_pool}, "
-                  f"{t.bytes_per_request / 1e6:.1f} MB, {t.latency_seconds:.4g} s, "
-                  f"{_money(t.cost_per_request)}/request")
+        size = f"{t.bytes_per_request / 1e6:.1f} MB, " if t.bytes_per_request else ""
+        out.print(f"KV transfer {t.step}: {t.from_pool} -> {t.to_pool}, {size}"
+                  f"{t.latency_seconds:.4g} s, {_money(t.cost_per_request)}/request")
     out.print(f"critical path: {' -> '.join(plan.critical_path)}")
     if plan.constraints:
         ct = Table("constraint", "value", "limit", "binding", title="constraints")

@@ -179,5 +179,8 @@ def _run(
         return None, "infeasible" if result.status == 2 else f"no solution ({result.message})"
     picked = {name: max(cols, key=lambda cc: result.x[cc[0]])[1]
               for name, cols in chosen_from.items()}
-    status = "optimal" if result.status == 0 else f"time limit ({result.message})"
-    return picked, status
+    if result.status == 0:
+        return picked, "optimal"
+    gap = getattr(result, "mip_gap", None)
+    bound = f": within {gap:.3%} of the lower bound" if gap is not None else ""
+    return picked, f"time limit{bound}"
