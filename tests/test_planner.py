@@ -55,6 +55,24 @@ def test_sub_agent_is_flattened_between_its_neighbours() -> None:
     assert plan.latency_seconds == pytest.approx(0.7)
 
 
+def test_loop_headed_by_a_sub_agent_keeps_the_agents_own_edges() -> None:
+    # research (a -> b) <-> check: the loop repeats research then check; a -> b stays forward
+    graph = AgentGraph.model_validate({
+        "metadata": {"name": "outer"},
+        "spec": {"sla": {"latencySeconds": 10}, "steps": [
+            {"name": "research", "kind": "agent", "dependsOn": ["check"], "agent": {"steps": [
+                tool("a", latency=0.1), tool("b", latency=0.2, deps=["a"])]}},
+            tool("check", latency=0.3, deps=["research"]),
+        ], "loops": [{"steps": ["research", "check"], "expectedIterations": 2,
+                      "maxIterations": 3}]}})
+    model = graph_model.build(graph)
+    [loop] = [b.loop for b in model.blocks if b.loop is not None]
+    assert loop.body_preds["research.b"] == ("research.a",)
+    assert loop.body_preds["research.a"] == ()
+    plan = solve.plan(graph, [CPU])
+    assert plan.latency_seconds == pytest.approx(2 * (0.1 + 0.2 + 0.3))
+
+
 def test_sub_agent_errors_name_the_nested_field() -> None:
     graph = AgentGraph.model_validate({
         "metadata": {"name": "outer"},

@@ -84,9 +84,14 @@ def build(graph: AgentGraph) -> GraphModel:
                 issues.append(Issue(f"{path}.steps[{j}]", f"step {member} is already in another "
                                     "loop; nested or overlapping loops are not supported"))
             loop_of[member] = index
-        head_entries = set(_head_steps(loop, prefix, members))
+        head = prefix + loop.steps[0]
+        head_steps = set(_head_steps(loop, prefix, members))
+        member_set = set(members)
+        # A back edge enters the head from a loop member outside it; edges inside a sub-agent
+        # head are its own forward edges. (A plain head's self-dependency is a back edge.)
         back_edges.update(
-            (u, v) for u, v in digraph.edges if v in head_entries and u in set(members)
+            (u, v) for u, v in digraph.edges
+            if v in head_steps and u in member_set and not u.startswith(head + ".")
         )
     _check_cycles(digraph, loop_of, back_edges, scope, issues)
     if issues:
