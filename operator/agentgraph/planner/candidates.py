@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from agentgraph.api.graph import PoolConstraints, StepKind
 from agentgraph.costs import registry
 from agentgraph.costs.base import (
+    CostModel,
     CostSettings,
     Estimate,
     Phase,
@@ -51,7 +52,6 @@ class Config:
     duration, its cost and the units it holds in each pool."""
 
     parts: tuple[tuple[Phase, Option], ...]
-    transfer: Transfer | None
     latency: float
     objective: float
     usage: tuple[tuple[str, float], ...]  # (pool, units), sorted by pool
@@ -70,10 +70,6 @@ class StepOptions:
     @property
     def is_llm(self) -> bool:
         return "prefill" in self.slots
-
-
-def objective_name(graph: GraphModel) -> str:
-    return "costPerHour" if graph.sla.target_requests_per_second else "costPerRequest"
 
 
 def check_pools(graph: GraphModel, snapshot: ClusterSnapshot) -> None:
@@ -169,23 +165,34 @@ def build(
             options = _within_token_limits(opts, phase, options)
             opts.slots[phase] = _prune(options, capped) if prune else options
         if opts.is_llm:
-            disagg = step.llm is None or step.llm.disaggregation == "auto"
-            pre = {o.pool for o in opts.slots["prefill"]}
-            dec = {o.pool for o in opts.slots["decode"]}
-            for src in sorted(pre):
-                for dst in sorted(dec):
-                    if src == dst:
-                        opts.transfers[(src, dst)] = Transfer(
-                            src, dst, TransferEstimate(0.0, 0.0, 0.0), 0.0)
-                    elif disagg:
-                        t = model.kv_transfer(step, snapshot.pool(src), snapshot.pool(dst),
-                                              settings)
-                        if t is not None:
-                            obj = t.cost_per_request * (rate * 3600 if rate else 1.0) * visits
-                            opts.transfers[(src, dst)] = Transfer(src, dst, t, obj)
+            opts.transfers = _transfers(opts, model, snapshot, settings, rate, visits)
         opts.configs = _configs(opts, capped, prune)
         result[name] = memo[key] = opts
     return result
+
+
+def _transfers(
+    opts: StepOptions,
+    model: CostModel,
+    snapshot: ClusterSnapshot,
+    settings: CostSettings,
+    rate: float | None,
+    visits: float,
+) -> dict[tuple[str, str], Transfer]:
+    """KV transfers between every prefill pool and decode pool; none within one pool."""
+    step = opts.step.step
+    disaggregate = step.llm is None or step.llm.disaggregation == "auto"
+    out = {}
+    for src in sorted({o.pool for o in opts.slots["prefill"]}):
+        for dst in sorted({o.pool for o in opts.slots["decode"]}):
+            if src == dst:
+                out[(src, dst)] = Transfer(src, dst, TransferEstimate(0.0, 0.0, 0.0), 0.0)
+            elif disaggregate:
+                t = model.kv_transfer(step, snapshot.pool(src), snapshot.pool(dst), settings)
+                if t is not None:
+                    per_hour = rate * 3600 if rate else 1.0
+                    out[(src, dst)] = Transfer(src, dst, t, t.cost_per_request * per_hour * visits)
+    return out
 
 
 def _by_pool(options: list[Option]) -> dict[str, list[Option]]:
@@ -195,16 +202,15 @@ def _by_pool(options: list[Option]) -> dict[str, list[Option]]:
     return grouped
 
 
-# objective, latency, parts, transfer, usage: a Config before it is worth building one
-_Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], Transfer | None,
-             tuple[tuple[str, float], ...]]
+# objective, latency, parts, usage: a Config before it is worth building one
+_Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], tuple[tuple[str, float], ...]]
 
 
 def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Config]:
     raw: list[_Raw] = []
     if not opts.is_llm:
-        raw = [(o.objective, o.estimate.latency, (("run", o),), None,
-                ((o.pool, o.units_total),)) for o in opts.slots.get("run", [])]
+        raw = [(o.objective, o.estimate.latency, (("run", o),), ((o.pool, o.units_total),))
+               for o in opts.slots.get("run", [])]
     else:
         prefill, decode = _by_pool(opts.slots["prefill"]), _by_pool(opts.slots["decode"])
         limit = math.inf if opts.ttft is None else opts.ttft
@@ -221,11 +227,11 @@ def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Con
                              ((src, pre.units_total), (dst, dec.units_total)))
                     raw.append((pre.objective + t.objective + dec.objective,
                                 head + dec.estimate.latency,
-                                (("prefill", pre), ("decode", dec)), t, usage))
+                                (("prefill", pre), ("decode", dec)), usage))
     if prune:
         raw = _prune_configs(raw, capped)
-    return [Config(parts, t, latency, objective, tuple(sorted(usage)))
-            for objective, latency, parts, t, usage in raw]
+    return [Config(parts, latency, objective, tuple(sorted(usage)))
+            for objective, latency, parts, usage in raw]
 
 
 def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
@@ -233,7 +239,7 @@ def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
     units. Without capped pools this is the 2-D Pareto front, found by one sweep."""
     # A stable sort: ties keep the deterministic enumeration order.
     ordered = sorted(configs, key=lambda c: (c[0], c[1]))
-    if not any(pool in capped for c in configs for pool, _ in c[4]):
+    if not any(pool in capped for c in configs for pool, _ in c[3]):
         kept, best_latency = [], math.inf
         for c in ordered:
             if c[1] < best_latency:
@@ -242,7 +248,7 @@ def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
         return kept
 
     def held(c: _Raw) -> dict[str, float]:
-        return {p: u for p, u in c[4] if p in capped}
+        return {p: u for p, u in c[3] if p in capped}
 
     kept_full: list[_Raw] = []
     for c in ordered:

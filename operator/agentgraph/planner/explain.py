@@ -48,12 +48,13 @@ def alternatives(
 ) -> list[Alternative]:
     """Per slot: move it alone to each other pool (its cheapest option there that keeps the plan
     feasible); report the best such move, or what stops every move."""
+    order = {name: i for i, name in enumerate(options)}
     out = []
-    for (name, phase), current in sorted(selection.items(), key=lambda kv: (
-            list(options).index(kv[0][0]), kv[0][1] != "prefill")):
+    for (name, phase), current in sorted(selection.items(),
+                                         key=lambda kv: (order[kv[0][0]], kv[0][1] != "prefill")):
         slot = options[name].slots[phase]
         best: tuple[float, str] | None = None
-        blocked: list[str] = []
+        blocked: list[tuple[str, str]] = []  # (pool, the first limit the move breaks)
         for pool in sorted({o.pool for o in slot} - {current.pool}):
             tried = sorted((o for o in slot if o.pool == pool), key=lambda o: o.objective)
             for o in tried:
@@ -64,14 +65,13 @@ def alternatives(
                     break
             else:
                 ev = evaluate(model, options, {**selection, (name, phase): tried[0]}, snapshot)
-                blocked.append(f"{pool}: {ev.violations[0]}")
-        cheaper = [b for b in blocked
-                   if _cheapest(slot, b.split(":")[0]) < current.objective]
+                blocked.append((pool, ev.violations[0]))
+        cheaper = [f"{p}: {v}" for p, v in blocked if _cheapest(slot, p) < current.objective]
+        others = [f"{p}: {v}" for p, v in blocked if _cheapest(slot, p) >= current.objective]
         why = f"cheaper pools break a limit ({'; '.join(cheaper)})" if cheaper else (
             "cheapest feasible option for this phase")
         label = None if phase == "run" else phase
         if best is None:
-            others = [b for b in blocked if b not in cheaper]
             detail = ("no other pool can run it" if not blocked
                       else "no other pool keeps the plan feasible"
                       + (f" ({'; '.join(others)})" if others else ""))
