@@ -72,14 +72,12 @@ def solve(
     options: Mapping[str, StepOptions],
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
-    enforce_sla: bool = True,
 ) -> MilpResult:
     started = time.perf_counter()
     b = _Builder()
     sla = graph.sla.latency_seconds
     scale = max((c.objective for so in options.values() for c in so.configs), default=1.0) or 1.0
-    usable = _reduce(graph, options, snapshot) if enforce_sla else {
-        name: so.configs for name, so in options.items()}
+    usable = _reduce(graph, options, snapshot)
     chosen_from: dict[str, list[tuple[int, Config]]] = {}
     duration: dict[str, dict[int, float]] = {}
     pool_use: dict[str, dict[int, float]] = {}
@@ -91,7 +89,7 @@ def solve(
             for pool_name, units in c.usage:
                 pool_use.setdefault(pool_name, {})[col] = units
         b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
-    _timing(b, graph, duration, enforce_sla)
+    _timing(b, graph, duration)
     for pool in snapshot.pools:
         if pool.capacity_units is not None and pool.name in pool_use:
             b.row(pool_use[pool.name], -INF, pool.capacity_units)
@@ -127,7 +125,7 @@ def _reduce(
 
 
 def _timing(
-    b: _Builder, graph: GraphModel, duration: Mapping[str, Mapping[int, float]], enforce: bool
+    b: _Builder, graph: GraphModel, duration: Mapping[str, Mapping[int, float]]
 ) -> None:
     finish: dict[str, int] = {}
     for block in graph.blocks:
@@ -152,9 +150,8 @@ def _timing(
             if p is not None:
                 coefs[finish[p]] = -1.0
             b.row(coefs, 0.0, INF)
-    if enforce:
-        for sink in graph.sinks:
-            b.row({finish[sink]: 1.0}, -INF, 1.0)
+    for sink in graph.sinks:
+        b.row({finish[sink]: 1.0}, -INF, 1.0)
 
 
 def _run(
