@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agentgraph.api.graph import PoolConstraints, StepKind
 from agentgraph.costs import registry
 from agentgraph.costs.base import (
@@ -207,6 +209,9 @@ _Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], tuple[tuple[str, fl
 
 
 def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Config]:
+    if opts.is_llm and prune and not any(o.pool in capped for phase in opts.slots.values()
+                                          for o in phase):
+        return _llm_front(opts)
     raw: list[_Raw] = []
     if not opts.is_llm:
         raw = [(o.objective, o.estimate.latency, (("run", o),), ((o.pool, o.units_total),))
@@ -223,15 +228,65 @@ def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Con
                 for dec in decode.get(dst, []):
                     if head + (dec.estimate.tbt or 0.0) > limit:
                         continue
-                    usage = (((src, pre.units_total + dec.units_total),) if src == dst else
-                             ((src, pre.units_total), (dst, dec.units_total)))
                     raw.append((pre.objective + t.objective + dec.objective,
                                 head + dec.estimate.latency,
-                                (("prefill", pre), ("decode", dec)), usage))
+                                (("prefill", pre), ("decode", dec)), _usage(pre, dec)))
     if prune:
         raw = _prune_configs(raw, capped)
     return [Config(parts, latency, objective, tuple(sorted(usage)))
             for objective, latency, parts, usage in raw]
+
+
+def _usage(pre: Option, dec: Option) -> tuple[tuple[str, float], ...]:
+    if pre.pool == dec.pool:
+        return ((pre.pool, pre.units_total + dec.units_total),)
+    return ((pre.pool, pre.units_total), (dec.pool, dec.units_total))
+
+
+def _llm_front(opts: StepOptions) -> list[Config]:
+    """The (cost, duration) Pareto front of prefill x transfer x decode within TTFT, vectorised.
+
+    Same result as enumerating and sweeping: sorted by cost then duration (stable, so ties keep
+    the enumeration order), a combination is kept when it is strictly faster than every cheaper
+    one. Only for steps that use no capacity-limited pool (units do not matter then)."""
+    prefill, decode = opts.slots["prefill"], opts.slots["decode"]
+    limit = math.inf if opts.ttft is None else opts.ttft
+    p_obj = np.array([o.objective for o in prefill])
+    p_lat = np.array([o.estimate.latency for o in prefill])
+    d_obj = np.array([o.objective for o in decode])
+    d_lat = np.array([o.estimate.latency for o in decode])
+    d_tbt = np.array([o.estimate.tbt or 0.0 for o in decode])
+    p_pool = [o.pool for o in prefill]
+    d_pool = [o.pool for o in decode]
+    objs, lats, pis, dis = [], [], [], []
+    for (src, dst), t in opts.transfers.items():
+        pi = np.array([i for i, p in enumerate(p_pool) if p == src], dtype=np.intp)
+        di = np.array([i for i, p in enumerate(d_pool) if p == dst], dtype=np.intp)
+        head = p_lat[pi][:, None] + t.estimate.latency
+        ok = head + d_tbt[di][None, :] <= limit
+        obj = p_obj[pi][:, None] + t.objective + d_obj[di][None, :]
+        lat = head + d_lat[di][None, :]
+        rows, cols = np.nonzero(ok)
+        objs.append(obj[rows, cols])
+        lats.append(lat[rows, cols])
+        pis.append(pi[rows])
+        dis.append(di[cols])
+    if not objs:
+        return []
+    obj_all, lat_all = np.concatenate(objs), np.concatenate(lats)
+    if obj_all.size == 0:
+        return []
+    order = np.lexsort((lat_all, obj_all))
+    lat_sorted = lat_all[order]
+    best_before = np.concatenate(([np.inf], np.minimum.accumulate(lat_sorted)[:-1]))
+    keep = order[lat_sorted < best_before]
+    p_all, d_all = np.concatenate(pis), np.concatenate(dis)
+    out = []
+    for k in keep:
+        pre, dec = prefill[p_all[k]], decode[d_all[k]]
+        out.append(Config((("prefill", pre), ("decode", dec)), float(lat_all[k]),
+                          float(obj_all[k]), tuple(sorted(_usage(pre, dec)))))
+    return out
 
 
 def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
