@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv demo test unit lint typecheck imports check-crds crds bench report clean
+.PHONY: venv demo test unit lint typecheck imports check-crds crds bench report clean \
+	cluster cluster-down e2e
 
 $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
@@ -28,7 +29,7 @@ unit: venv
 	$(BIN)/pytest -q tests
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench e2e
 
 typecheck: venv
 	$(BIN)/mypy
@@ -49,6 +50,17 @@ bench: venv
 ## report: the seed paper's evaluation (table + PNG chart in reports/)
 report: venv
 	$(BIN)/agentgraph report paper --out reports
+
+## cluster: a real control plane + kwok nodes on 127.0.0.1 (binaries built once into .cache/)
+cluster: venv
+	$(BIN)/python e2e/cluster.py up
+
+cluster-down: venv
+	$(BIN)/python e2e/cluster.py down
+
+## e2e: the real-cluster suite against .cache/cluster/kubeconfig (or your own KUBECONFIG)
+e2e: cluster
+	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cache/cluster/kubeconfig} $(BIN)/pytest -q e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results reports

@@ -151,8 +151,9 @@ def crd(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
+                # No categories: one named "agentgraph" would shadow the singular name and make
+                # `kubectl get agentgraph NAME` ambiguous.
                 "shortNames": ["ag"] if graph else ["hwp"],
-                "categories": ["agentgraph"],
             },
             "scope": "Namespaced" if graph else "Cluster",
             "versions": [{

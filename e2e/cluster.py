@@ -1,0 +1,369 @@
+"""A real Kubernetes control plane on 127.0.0.1, no Docker: `python e2e/cluster.py up|down|status`.
+
+etcd (Debian's etcd-server), kube-apiserver, kube-controller-manager and kube-scheduler built from
+Go modules pinned in e2e/tools/go.mod, and kwok (simulated nodes) pinned below. Binaries are
+cached in .cache/bin, so a second `up` only starts processes. Real TLS: a CA, a serving cert for
+127.0.0.1, an admin client cert, a front-proxy CA and the service-account key pair are made with
+openssl. Nodes come from hardware_profiles/: each pool gets kwok nodes carrying its labels, taints
+and extended resources. Everything started is recorded by PID in .cache/cluster/pids and `down`
+stops exactly those processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+BIN = CACHE / "bin"
+STATE = CACHE / "cluster"
+PKI = STATE / "pki"
+LOGS = STATE / "logs"
+PIDS = STATE / "pids"
+KUBECONFIG = STATE / "kubeconfig"
+
+K8S_VERSION = "v1.34.4"  # must match e2e/tools/go.mod
+KWOK_VERSION = "v0.8.0"
+APISERVER_PORT = 6443
+ETCD_PORT = 2379
+KWOK_LABEL = "agentgraph.dev/kwok"
+READY_TIMEOUT_S = 60.0
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+# Nodes per pool of the local cluster (DEVELOPERS: heterogeneous pools from hardware_profiles/).
+NODES = {"b200": 2, "h100": 4, "a100": 4, "gaudi3": 2, "mi300x": 2, "h200": 1, "l40s": 1,
+         "l4": 1, "a40": 1, "xeon-8480": 4, "epyc-9654": 4}
+
+
+def log(msg: str) -> None:
+    print(f"cluster: {msg}", flush=True)
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------- binaries
+
+
+def build() -> None:
+    BIN.mkdir(parents=True, exist_ok=True)
+    missing = [b for b in CONTROL_PLANE if not (BIN / b).exists()]
+    if missing:
+        log(f"building {', '.join(missing)} {K8S_VERSION} from Go modules (first time: minutes)")
+        version = "k8s.io/component-base/version"
+        ldflags = (f"-s -w -X {version}.gitVersion={K8S_VERSION} -X {version}.gitMajor=1 "
+                   f"-X {version}.gitMinor={K8S_VERSION.split('.')[1]}")
+        run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", f"{BIN}/",
+             *[f"k8s.io/kubernetes/cmd/{b}" for b in missing]], cwd=ROOT / "e2e" / "tools")
+    if not (BIN / "kwok").exists():
+        log(f"building kwok {KWOK_VERSION}")
+        run(["go", "install", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
+            env={**os.environ, "GOBIN": str(BIN)})
+    if shutil.which("etcd") is None:
+        log("installing etcd from Debian (etcd-server)")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "etcd-server"])
+
+
+# ---------------------------------------------------------------- PKI
+
+
+def _openssl(*args: str) -> None:
+    run(["openssl", *args], cwd=PKI, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _cert(name: str, subject: str, ca: str, ext: str) -> None:
+    (PKI / f"{name}.ext").write_text(ext)
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", subject)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", f"{name}.ext")
+
+
+def pki() -> None:
+    if (PKI / "admin.crt").exists():
+        return
+    PKI.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca", "front-proxy-ca"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
+                 "-out", f"{ca}.crt", "-days", "365", "-subj", f"/CN=agentgraph-local-{ca}")
+    _cert("apiserver", "/CN=kube-apiserver", "ca",
+          "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+          "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
+          "extendedKeyUsage=serverAuth\n")
+    _cert("admin", "/O=system:masters/CN=kubernetes-admin", "ca",
+          "extendedKeyUsage=clientAuth\n")
+    _cert("front-proxy-client", "/CN=front-proxy-client", "front-proxy-ca",
+          "extendedKeyUsage=clientAuth\n")
+    _openssl("genrsa", "-out", "sa.key", "2048")
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+
+def kubeconfig() -> None:
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "agentgraph-local", "cluster": {
+            "server": f"https://127.0.0.1:{APISERVER_PORT}",
+            "certificate-authority": str(PKI / "ca.crt")}}],
+        "users": [{"name": "admin", "user": {
+            "client-certificate": str(PKI / "admin.crt"),
+            "client-key": str(PKI / "admin.key")}}],
+        "contexts": [{"name": "agentgraph-local",
+                      "context": {"cluster": "agentgraph-local", "user": "admin"}}],
+        "current-context": "agentgraph-local",
+    }
+    KUBECONFIG.write_text(yaml.safe_dump(config))
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _pids() -> dict[str, int]:
+    return json.loads(PIDS.read_text()) if PIDS.exists() else {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start(name: str, cmd: list[str]) -> None:
+    pids = _pids()
+    if name in pids and _alive(pids[name]):
+        return
+    LOGS.mkdir(parents=True, exist_ok=True)
+    out = (LOGS / f"{name}.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pids[name] = proc.pid
+    PIDS.write_text(json.dumps(pids))
+
+
+def _wait(what: str, check: Any, timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise SystemExit(f"cluster: {what} not ready after {timeout:.0f} s; see {LOGS}")
+
+
+def _readyz() -> bool:
+    ctx = ssl.create_default_context(cafile=str(PKI / "ca.crt"))
+    ctx.load_cert_chain(str(PKI / "admin.crt"), str(PKI / "admin.key"))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{APISERVER_PORT}/readyz",
+                                    context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _etcd_health() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ETCD_PORT}/health", timeout=2) as r:
+            return b'"true"' in r.read()
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start() -> None:
+    p = str(PKI)
+    _start("etcd", ["etcd", "--data-dir", str(STATE / "etcd"), "--name", "local",
+                    "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
+                    "--listen-peer-urls", "http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                    "--initial-cluster", "local=http://127.0.0.1:2380",
+                    "--unsafe-no-fsync"])
+    _wait("etcd", _etcd_health)
+    _start("kube-apiserver", [
+        str(BIN / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+        "--bind-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
+        "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+        f"--tls-cert-file={p}/apiserver.crt", f"--tls-private-key-file={p}/apiserver.key",
+        f"--client-ca-file={p}/ca.crt",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-account-key-file={p}/sa.pub",
+        f"--service-account-signing-key-file={p}/sa.key",
+        "--service-cluster-ip-range=10.96.0.0/16",
+        "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+        f"--requestheader-client-ca-file={p}/front-proxy-ca.crt",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={p}/front-proxy-client.crt",
+        f"--proxy-client-key-file={p}/front-proxy-client.key",
+    ])
+    _wait("kube-apiserver /readyz", _readyz)
+    common = [f"--kubeconfig={KUBECONFIG}", f"--authentication-kubeconfig={KUBECONFIG}",
+              f"--authorization-kubeconfig={KUBECONFIG}", "--bind-address=127.0.0.1",
+              "--leader-elect=false", "--kube-api-qps=300", "--kube-api-burst=600",
+              f"--client-ca-file={p}/ca.crt",
+              f"--requestheader-client-ca-file={p}/front-proxy-ca.crt"]
+    _start("kube-controller-manager", [
+        str(BIN / "kube-controller-manager"), *common, "--secure-port=10257",
+        f"--service-account-private-key-file={p}/sa.key", f"--root-ca-file={p}/ca.crt",
+        "--use-service-account-credentials=false", "--controllers=*,-nodeipam",
+    ])
+    _start("kube-scheduler", [str(BIN / "kube-scheduler"), *common, "--secure-port=10259"])
+    _start("kwok", [str(BIN / "kwok"), f"--kubeconfig={KUBECONFIG}", f"--config={kwok_config()}",
+                    "--manage-all-nodes=false",
+                    f"--manage-nodes-with-label-selector={KWOK_LABEL}=true",
+                    "--server-address=127.0.0.1:10247", "--cidr=10.244.0.0/16",
+                    "--node-ip=127.0.0.1"])
+
+
+# kwok has no built-in behaviour: Stages say how nodes heartbeat and pods start. Use the ones
+# kwok itself ships for this version (its "fast" set: nodes Ready with lease heartbeats, pods
+# Running with an IP, deleted pods finalised), read from the pinned module, not copied here.
+KWOK_STAGES = ("node/fast", "node/heartbeat-with-lease", "pod/fast")
+
+
+def kwok_config() -> Path:
+    found = run(["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"],
+                capture_output=True, cwd=STATE)
+    module = Path(json.loads(found.stdout)["Dir"])
+    docs = []
+    for stage in KWOK_STAGES:
+        for path in sorted((module / "kustomize" / "stage" / stage).glob("*.yaml")):
+            if path.name != "kustomization.yaml":
+                docs.append(path.read_text())
+    target = STATE / "kwok.yaml"
+    target.write_text("\n---\n".join(docs))
+    return target
+
+
+def kubectl(*args: str, stdin: str | None = None) -> str:
+    return run([str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args], input=stdin,
+               capture_output=True).stdout
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def node_objects() -> list[dict[str, Any]]:
+    nodes = []
+    for path in sorted((ROOT / "hardware_profiles").glob("*.yaml")):
+        profile = yaml.safe_load(path.read_text())
+        name, spec = profile["metadata"]["name"], profile["spec"]
+        pool = spec["pool"]
+        cpu = spec["deviceType"] == "cpu"
+        per_node = int(pool.get("devicesPerNode", 1))
+        cores = int(spec["cores"] * (1 if cpu else per_node))
+        memory_gb = int(spec["memoryGB"]) if cpu else 64 * per_node
+        resources = {"cpu": str(cores), "memory": f"{memory_gb}Gi", "pods": "110"}
+        if not cpu:
+            resources[spec["resourceName"]] = str(per_node)
+        for i in range(NODES.get(name, 0)):
+            node = f"{name}-{i}"
+            nodes.append({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {
+                    "name": node,
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {**pool["nodeSelector"], KWOK_LABEL: "true", "type": "kwok",
+                               "kubernetes.io/hostname": node, "kubernetes.io/os": "linux",
+                               "kubernetes.io/arch": "amd64"},
+                },
+                "spec": {"taints": [
+                    {k: v for k, v in t.items() if v is not None} for t in pool.get("taints", [])
+                ]},
+                "status": {"capacity": resources, "allocatable": resources,
+                           "nodeInfo": {"kubeletVersion": "fake", "architecture": "amd64",
+                                        "operatingSystem": "linux"}},
+            })
+    return nodes
+
+
+def create_nodes() -> None:
+    docs = node_objects()
+    kubectl("apply", "--server-side", "--field-manager=agentgraph-cluster", "-f", "-",
+            stdin="\n---\n".join(json.dumps(d) for d in docs))
+
+    def all_ready() -> bool:
+        out = json.loads(kubectl("get", "nodes", "-l", f"{KWOK_LABEL}=true", "-o", "json"))
+        ready = [n for n in out["items"] if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in n.get("status", {}).get("conditions", []))]
+        return len(ready) == len(docs)
+
+    _wait(f"{len(docs)} kwok nodes", all_ready)
+    pools = {d["metadata"]["name"].rsplit("-", 1)[0] for d in docs}
+    log(f"{len(docs)} nodes ready across {len(pools)} pools")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def up() -> None:
+    started = time.monotonic()
+    build()
+    pki()
+    kubeconfig()
+    start()
+    create_nodes()
+    log(f"up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}")
+
+
+def down() -> None:
+    pids = _pids()
+    for name in reversed(list(pids)):
+        pid = pids[name]
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
+        time.sleep(0.2)
+    for name, pid in pids.items():
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            log(f"{name} ({pid}) did not stop on SIGTERM: killed")
+    PIDS.unlink(missing_ok=True)
+    shutil.rmtree(STATE / "etcd", ignore_errors=True)
+    log(f"stopped {len(pids)} processes")
+
+
+def status() -> int:
+    pids = _pids()
+    for name, pid in pids.items():
+        print(f"{name:26s} pid {pid:<8d} {'running' if _alive(pid) else 'DEAD'}")
+    return 0 if pids and all(_alive(p) for p in pids.values()) else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("command", choices=["up", "down", "status", "build"])
+    args = ap.parse_args()
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    elif args.command == "build":
+        build()
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
