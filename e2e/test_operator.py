@@ -1,0 +1,220 @@
+"""The operator on a real control plane: plan -> pods on pools -> Ready; SLA changes replan;
+pools losing nodes replan or go Infeasible; bad specs are Infeasible naming the field; deleting
+the graph collects everything; a restarted operator duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builders import EXAMPLES_DIR, ROOT
+from conftest import Kube, wait_for
+
+WAIT_READY_S = 120.0
+WAIT_REPLAN_S = 90.0
+VOICE = yaml.safe_load((EXAMPLES_DIR / "voice-agent.yaml").read_text())
+
+
+def condition(kube: Kube, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
+    obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
+    return next((c for c in obj.get("status", {}).get("conditions", [])
+                 if c["type"] == type_), None)
+
+
+def is_true(kube: Kube, namespace: str, name: str, type_: str) -> bool:
+    c = condition(kube, namespace, name, type_)
+    return c is not None and c["status"] == "True"
+
+
+class Operator:
+    """`python -m agentgraph.controller` as a process: start, kill, restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def log(self, index: int) -> str:
+        return (self.folder / f"operator-{index}.log").read_text()
+
+    def start(self, port: int = 18081) -> subprocess.Popen[bytes]:
+        log = self.folder / f"operator-{len(self.procs)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentgraph.controller", "--liveness",
+             f"http://127.0.0.1:{port}/healthz"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+            start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        kube.apply(path.read_text())
+    kube("wait", "--for=condition=Established", "crd/agentgraphs.agentgraph.dev",
+         "--timeout=30s")
+    for path in sorted((ROOT / "hardware_profiles").glob("*.yaml")):
+        kube.apply(path.read_text())
+    op = Operator(tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop_all()
+
+
+def apply_graph(kube: Kube, namespace: str, doc: dict[str, Any]) -> None:
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin=yaml.safe_dump(doc))
+
+
+def plan_of(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
+    plan: dict[str, Any] = obj.get("status", {}).get("plan", {})
+    return plan
+
+
+def test_voice_agent_reaches_ready_on_the_planned_pools(kube: Kube, operator: Operator,
+                                                        namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("voice-agent Ready", lambda: is_true(kube, namespace, "voice-agent", "Ready"),
+             WAIT_READY_S)
+    plan = plan_of(kube, namespace, "voice-agent")
+    assert plan["latencySeconds"] <= plan["slaSeconds"] == 4.0
+    deployments = kube.json("get", "deployments", "-n", namespace)["items"]
+    assert len(deployments) == len(plan["steps"])
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"]
+             for n in kube.json("get", "nodes")["items"]}
+    for pod in kube.json("get", "pods", "-n", namespace)["items"]:
+        pool = pod["metadata"]["labels"]["agentgraph.dev/pool"]
+        assert nodes[pod["spec"]["nodeName"]]["agentgraph.dev/pool"] == pool
+    reasons = {e["reason"] for e in kube.json("get", "events", "-n", namespace)["items"]
+               if e["involvedObject"]["kind"] == "AgentGraph"}
+    assert {"Planned", "Ready"} <= reasons
+    kube("delete", "agentgraphs.agentgraph.dev", "voice-agent", "-n", namespace)
+    wait_for("children collected",
+             lambda: not kube.json("get", "deployments,services", "-n", namespace)["items"],
+             WAIT_REPLAN_S)
+
+
+def test_a_looser_sla_replans_cheaper(kube: Kube, operator: Operator, namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("first plan", lambda: is_true(kube, namespace, "voice-agent", "Planned"),
+             WAIT_READY_S)
+    before = plan_of(kube, namespace, "voice-agent")
+    looser = yaml.safe_load(yaml.safe_dump(VOICE))
+    looser["spec"]["sla"]["latencySeconds"] = 8.0
+    apply_graph(kube, namespace, looser)
+    wait_for("the replanned status",
+             lambda: plan_of(kube, namespace, "voice-agent").get("slaSeconds") == 8.0,
+             WAIT_REPLAN_S)
+    after = plan_of(kube, namespace, "voice-agent")
+    assert after["costPerHour"] < before["costPerHour"]
+    assert condition(kube, namespace, "voice-agent", "Planned")["observedGeneration"] == 2
+    wait_for("Ready after the rollout",
+             lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+
+
+def test_invalid_spec_is_infeasible_naming_the_field(kube: Kube, operator: Operator,
+                                                     namespace: str) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(VOICE))
+    bad["metadata"]["name"] = "bad-deps"
+    bad["spec"]["steps"][1]["dependsOn"] = ["no-such-step"]
+    apply_graph(kube, namespace, bad)
+    wait_for("Infeasible", lambda: is_true(kube, namespace, "bad-deps", "Infeasible"),
+             WAIT_REPLAN_S)
+    message = condition(kube, namespace, "bad-deps", "Infeasible")["message"]
+    assert "spec.steps[1].dependsOn[0]: unknown step 'no-such-step'" in message
+    assert not kube.json("get", "deployments", "-n", namespace)["items"]
+    events = [e for e in kube.json("get", "events", "-n", namespace)["items"]
+              if e["reason"] == "Infeasible"]
+    assert events and "no-such-step" in events[0]["message"]
+
+
+def test_an_impossible_sla_says_the_lowest_latency(kube: Kube, operator: Operator,
+                                                   namespace: str) -> None:
+    tight = yaml.safe_load(yaml.safe_dump(VOICE))
+    tight["metadata"]["name"] = "too-tight"
+    tight["spec"]["sla"]["latencySeconds"] = 0.5
+    apply_graph(kube, namespace, tight)
+    wait_for("Infeasible", lambda: is_true(kube, namespace, "too-tight", "Infeasible"),
+             WAIT_REPLAN_S)
+    message = condition(kube, namespace, "too-tight", "Infeasible")["message"]
+    assert "spec.sla.latencySeconds: 0.5 s cannot be met" in message
+    assert "the lowest latency any plan reaches" in message
+
+
+def test_losing_a_pools_nodes_replans_onto_what_is_left(kube: Kube, operator: Operator,
+                                                        namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("first plan", lambda: is_true(kube, namespace, "voice-agent", "Planned"),
+             WAIT_READY_S)
+    pools = {s["pool"] for s in plan_of(kube, namespace, "voice-agent")["steps"]}
+    gone = sorted(p for p in pools if p in ("b200", "gaudi3", "mi300x", "h200", "h100"))[0]
+    nodes = [n["metadata"]["name"] for n in kube.json(
+        "get", "nodes", "-l", f"agentgraph.dev/pool={gone}")["items"]]
+    try:
+        for node in nodes:
+            kube("cordon", node)
+        wait_for(f"a plan without {gone}",
+                 lambda: gone not in {s["pool"] for s in
+                                      plan_of(kube, namespace, "voice-agent")["steps"]}
+                 or is_true(kube, namespace, "voice-agent", "Infeasible"),
+                 WAIT_REPLAN_S)
+        if not is_true(kube, namespace, "voice-agent", "Infeasible"):
+            wait_for("Ready on the remaining pools",
+                     lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+            for pod in kube.json("get", "pods", "-n", namespace)["items"]:
+                if pod["metadata"].get("deletionTimestamp"):
+                    continue
+                assert pod["metadata"]["labels"]["agentgraph.dev/pool"] != gone
+    finally:
+        for node in nodes:
+            kube("uncordon", node)
+
+
+def test_a_restarted_operator_duplicates_nothing(kube: Kube, operator: Operator,
+                                                 namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("Ready", lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+    before = sorted(d["metadata"]["name"]
+                    for d in kube.json("get", "deployments", "-n", namespace)["items"])
+    standby = operator.start(port=18082)  # a second replica must stand by, not act
+    wait_for("the second replica standing by", lambda: "standing by" in operator.log(1), 30)
+    looser = yaml.safe_load(yaml.safe_dump(VOICE))
+    looser["spec"]["sla"]["latencySeconds"] = 6.0
+    apply_graph(kube, namespace, looser)
+    leader = operator.procs[0]
+    Operator.stop(leader, signal.SIGKILL)  # mid-reconcile, no clean shutdown, lease left held
+    wait_for("the standby to take over and replan",
+             lambda: plan_of(kube, namespace, "voice-agent").get("slaSeconds") == 6.0,
+             WAIT_REPLAN_S)
+    wait_for("Ready again", lambda: is_true(kube, namespace, "voice-agent", "Ready"),
+             WAIT_READY_S)
+    after = sorted(d["metadata"]["name"]
+                   for d in kube.json("get", "deployments", "-n", namespace)["items"])
+    assert after == before
+    owners = [d["metadata"]["ownerReferences"]
+              for d in kube.json("get", "deployments", "-n", namespace)["items"]]
+    assert all(len(o) == 1 for o in owners)
+    assert standby.poll() is None

@@ -1,0 +1,5 @@
+import sys
+
+from agentgraph.controller.operator import main
+
+sys.exit(main())

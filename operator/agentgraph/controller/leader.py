@@ -1,0 +1,105 @@
+"""Leader election on a coordination.k8s.io Lease: only the holder reconciles.
+
+A replica blocks at start-up until it holds the Lease, renews it every third of its duration, and
+exits if it cannot renew in time (its Deployment restarts it as a standby). Takeover uses the
+Lease's resourceVersion, so two replicas can never both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+
+from kubernetes import client
+
+log = logging.getLogger("agentgraph.leader")
+LEASE_SECONDS = 15
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Leader:
+    def __init__(self, api: client.ApiClient, namespace: str, name: str = "agentgraph-operator",
+                 identity: str | None = None) -> None:
+        self.leases = client.CoordinationV1Api(api)
+        self.namespace, self.name = namespace, name
+        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        self._stop = threading.Event()
+
+    def _try(self) -> bool:
+        spec = client.V1LeaseSpec(holder_identity=self.identity,
+                                  lease_duration_seconds=LEASE_SECONDS,
+                                  acquire_time=_now(), renew_time=_now())
+        try:
+            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name), spec=spec)
+            try:
+                self.leases.create_namespaced_lease(self.namespace, body)
+                return True
+            except client.ApiException as conflict:
+                if conflict.status == 409:
+                    return False
+                raise
+        current = lease.spec or client.V1LeaseSpec()
+        held = current.holder_identity
+        renewed = current.renew_time
+        expired = renewed is None or (_now() - renewed).total_seconds() > (
+            current.lease_duration_seconds or LEASE_SECONDS)
+        if held not in (None, self.identity) and not expired:
+            return False
+        if held == self.identity:
+            spec.acquire_time = current.acquire_time
+        lease.spec = spec
+        try:  # replace carries resourceVersion: a concurrent takeover makes this a 409
+            self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            return True
+        except client.ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def acquire(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._try():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"lease {self.namespace}/{self.name} is held by another")
+            log.info("standing by: lease %s/%s is held by another replica", self.namespace,
+                     self.name)
+            time.sleep(2)
+        log.info("leading as %s", self.identity)
+        threading.Thread(target=self._renew, daemon=True, name="lease-renewal").start()
+
+    def _renew(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(LEASE_SECONDS / 3):
+            try:
+                if self._try():
+                    last = time.monotonic()
+                    continue
+            except Exception:  # keep trying until the lease would have run out
+                log.exception("lease renewal failed")
+            if time.monotonic() - last > LEASE_SECONDS * 2 / 3:
+                log.error("lost the lease %s/%s: exiting so a standby can lead", self.namespace,
+                          self.name)
+                os._exit(3)
+
+    def release(self) -> None:
+        """Stop renewing and hand the Lease back, so a standby takes over at once."""
+        self._stop.set()
+        try:
+            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec is not None and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.renew_time = None
+                self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+        except client.ApiException:
+            log.warning("could not release the lease; it expires in %d s", LEASE_SECONDS)

@@ -1,0 +1,73 @@
+"""Pure controller pieces: free capacity from Nodes and Pods; status conditions."""
+
+from agentgraph.api.plan import Plan
+from agentgraph.controller import snapshot, status
+from builders import make_pool
+
+
+def node(name: str, pool: str, gpus: int = 8, ready: bool = True,
+         unschedulable: bool = False) -> dict:  # type: ignore[type-arg]
+    return {"metadata": {"name": name, "labels": {"pool": pool}},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus), "cpu": "112"},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def pod(node_name: str, gpus: int, namespace: str = "other", graph: str | None = None,
+        phase: str = "Running") -> dict:  # type: ignore[type-arg]
+    labels = {"agentgraph.dev/graph": graph} if graph else {}
+    return {"metadata": {"namespace": namespace, "labels": labels},
+            "spec": {"nodeName": node_name, "containers": [
+                {"resources": {"requests": {"nvidia.com/gpu": str(gpus), "cpu": "500m"}}}]},
+            "status": {"phase": phase}}
+
+
+def test_quantities() -> None:
+    assert snapshot.parse_quantity("500m") == 0.5
+    assert snapshot.parse_quantity("64Gi") == 64 * 2**30
+    assert snapshot.parse_quantity(8) == 8
+
+
+def test_free_capacity_counts_ready_nodes_minus_other_workloads() -> None:
+    gpu = make_pool("gpu")
+    nodes = [node("a", "gpu"), node("b", "gpu"), node("c", "gpu", ready=False),
+             node("d", "gpu", unschedulable=True), node("e", "other")]
+    pods = [pod("a", 3), pod("b", 2, namespace="ns", graph="g"), pod("b", 1, phase="Succeeded")]
+    free = snapshot.free_capacity([gpu], nodes, pods, ("ns", "g"))
+    # a: 8 - 3; b: 8 (the graph's own pods will be replaced; finished pods hold nothing)
+    assert free == {"gpu": 13.0}
+
+
+def test_cpu_pools_count_cores() -> None:
+    cpu = make_pool("cpu", cpu=True)
+    nodes = [node("x", "cpu")]
+    free = snapshot.free_capacity([cpu], nodes, [pod("x", 0)], ("ns", "g"))
+    assert free == {"cpu": 111.5}
+
+
+def plan(latency: float = 1.0, sla: float = 2.0) -> Plan:
+    return Plan(feasible=True, latency_seconds=latency, sla_seconds=sla, cost_per_hour=3.0)
+
+
+def test_status_conditions_and_stable_transition_times() -> None:
+    first = status.build(None, 1, plan(), [], ready=False, at="t1")
+    by_type = {c["type"]: c for c in first["conditions"]}
+    assert [c["type"] for c in first["conditions"]] == ["Infeasible", "Planned", "Ready", "SLAMet"]
+    assert by_type["Planned"]["status"] == "True" and by_type["Ready"]["status"] == "False"
+    assert by_type["SLAMet"]["status"] == "True"
+    assert first["observedGeneration"] == 1 and first["plan"]["costPerHour"] == 3.0
+    again = status.build(first, 1, plan(), [], ready=False, at="t2")
+    assert not status.changed(first, again)  # nothing new: no write, times kept
+    ready = status.build(first, 1, plan(), [], ready=True, at="t3")
+    times = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
+    assert times == {"Infeasible": "t1", "Planned": "t1", "Ready": "t3", "SLAMet": "t1"}
+
+
+def test_infeasible_keeps_the_running_plan_and_sorts_reasons() -> None:
+    good = status.build(None, 1, plan(), [], ready=True, at="t1")
+    bad = status.build(good, 2, None, ["b: second", "a: first"], ready=False, at="t2")
+    by_type = {c["type"]: c for c in bad["conditions"]}
+    assert by_type["Infeasible"]["status"] == "True"
+    assert by_type["Infeasible"]["message"] == "a: first\nb: second"
+    assert by_type["Planned"]["status"] == "False" and by_type["Ready"]["status"] == "False"
+    assert bad["plan"] == good["plan"]  # what runs is still shown; nothing is torn down
