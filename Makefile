@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: venv demo test unit lint typecheck imports check-crds crds bench report clean \
+.PHONY: venv demo plan-demo test unit lint typecheck imports check-crds crds bench report clean \
 	cluster cluster-down e2e
 
 $(STAMP): pyproject.toml
@@ -17,13 +17,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: plan the paper's worked example and the voice agent on the shipped profiles
-demo: venv
+## demo: the voice agent on the local real cluster, planned and placed by the operator
+demo: cluster
+	$(BIN)/agentgraph plan examples/paper-worked-example.yaml
+	$(BIN)/python e2e/demo.py
+
+## plan-demo: the planner alone (no cluster): the worked example and the voice agent, explained
+plan-demo: venv
 	$(BIN)/agentgraph plan examples/paper-worked-example.yaml --explain
 	$(BIN)/agentgraph plan examples/voice-agent.yaml --explain
 
-## test: everything CI runs (lint, types, import layers, stale CRDs, unit and property tests)
+## test: everything CI runs: lint, types, import layers, stale CRDs, unit and property tests,
+## then the e2e suite on the local real cluster (built on first use, about 5 min; torn down
+## afterwards unless it was already running)
 test: lint typecheck imports check-crds unit
+	@if $(BIN)/python e2e/cluster.py status >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory e2e; \
+	else \
+		$(MAKE) --no-print-directory e2e; rc=$$?; \
+		$(MAKE) --no-print-directory cluster-down; exit $$rc; \
+	fi
 
 unit: venv
 	$(BIN)/pytest -q tests
@@ -60,6 +73,7 @@ cluster-down: venv
 
 ## e2e: the real-cluster suite against .cache/cluster/kubeconfig (or your own KUBECONFIG)
 e2e: cluster
+	$(BIN)/python e2e/cluster.py stop-operator
 	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cache/cluster/kubeconfig} $(BIN)/pytest -q e2e
 
 clean:

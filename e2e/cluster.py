@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -184,8 +185,19 @@ def _etcd_health() -> bool:
         return False
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 def start() -> None:
     p = str(PKI)
+    pids = _pids()
+    for port, owner in ((ETCD_PORT, "etcd"), (APISERVER_PORT, "kube-apiserver")):
+        if not _port_free(port) and not (owner in pids and _alive(pids[owner])):
+            raise SystemExit(f"cluster: 127.0.0.1:{port} is taken by a process this checkout did "
+                             "not start (another checkout's cluster? run `make cluster-down` "
+                             "there)")
     _start("etcd", ["etcd", "--data-dir", str(STATE / "etcd"), "--name", "local",
                     "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
                     "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
@@ -256,6 +268,20 @@ def kwok_config() -> Path:
 def kubectl(*args: str, stdin: str | None = None) -> str:
     return run([str(BIN / "kubectl"), f"--kubeconfig={KUBECONFIG}", *args], input=stdin,
                capture_output=True).stdout
+
+
+def start_operator() -> None:
+    """The operator as a local process against this cluster, recorded for `down`."""
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    pids = _pids()
+    if "operator" in pids and _alive(pids["operator"]):
+        return
+    LOGS.mkdir(parents=True, exist_ok=True)
+    out = (LOGS / "operator.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "agentgraph.controller"], stdout=out,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    pids["operator"] = proc.pid
+    PIDS.write_text(json.dumps(pids))
 
 
 # ---------------------------------------------------------------- nodes
@@ -343,6 +369,21 @@ def down() -> None:
     log(f"stopped {len(pids)} processes")
 
 
+def stop_operator() -> None:
+    """Stop a demo operator, so the e2e suite's own operator can take the Lease."""
+    pids = _pids()
+    pid = pids.pop("operator", None)
+    if pid is not None and _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        log("stopped the demo operator")
+    PIDS.write_text(json.dumps(pids))
+
+
 def status() -> int:
     pids = _pids()
     for name, pid in pids.items():
@@ -352,7 +393,7 @@ def status() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("command", choices=["up", "down", "status", "build"])
+    ap.add_argument("command", choices=["up", "down", "status", "build", "stop-operator"])
     args = ap.parse_args()
     if args.command == "up":
         up()
@@ -360,6 +401,8 @@ def main() -> int:
         down()
     elif args.command == "build":
         build()
+    elif args.command == "stop-operator":
+        stop_operator()
     else:
         return status()
     return 0

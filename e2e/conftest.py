@@ -81,4 +81,5 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     name = "e2e-" + request.node.name.replace("_", "-")[:40].strip("-").lower()
     kube("create", "namespace", name)
     yield name
-    kube("delete", "namespace", name, "--wait=false", check=False)
+    # Wait until it is gone: its pods hold devices, and the next test plans on what is free.
+    kube("delete", "namespace", name, f"--timeout={WAIT_DELETED_S:.0f}s", check=False)

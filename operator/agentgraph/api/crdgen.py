@@ -126,6 +126,7 @@ def crd(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
     plural = "agentgraphs" if graph else "hardwareprofiles"
     if graph:
         columns = [
+            {"name": "Pools", "type": "string", "jsonPath": ".status.plan.pools"},
             {"name": "SLA", "type": "number", "jsonPath": ".spec.sla.latencySeconds"},
             {"name": "Latency", "type": "number", "jsonPath": ".status.plan.latencySeconds"},
             {"name": "Cost/h", "type": "number", "jsonPath": ".status.plan.costPerHour"},

@@ -31,17 +31,24 @@ def condition(type_: str, status: bool, reason: str, message: str, generation: i
             "observedGeneration": generation, "lastTransitionTime": since}
 
 
+def _round(value: float | None, digits: int = 4) -> float | None:
+    """Status is for people and printer columns: 4 significant digits, not 16."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
 def summary(plan: Plan) -> dict[str, Any]:
     return {
-        "latencySeconds": plan.latency_seconds,
+        "pools": ",".join(sorted({a.pool for a in plan.assignments})),
+        "latencySeconds": _round(plan.latency_seconds),
         "slaSeconds": plan.sla_seconds,
-        "costPerHour": plan.cost_per_hour,
-        "costPerRequest": plan.cost_per_request,
+        "costPerHour": _round(plan.cost_per_hour),
+        "costPerRequest": _round(plan.cost_per_request),
         "solverStatus": plan.solver_status,
         "steps": [{"step": a.step, **({"phase": a.phase} if a.phase else {}), "pool": a.pool,
                    "tensorParallel": a.tensor_parallel, "replicas": a.replicas,
-                   "latencySeconds": a.latency_seconds,
-                   **({"costPerHour": a.cost_per_hour} if a.cost_per_hour is not None else {})}
+                   "latencySeconds": _round(a.latency_seconds),
+                   **({"costPerHour": _round(a.cost_per_hour)}
+                      if a.cost_per_hour is not None else {})}
                   for a in plan.assignments],
     }
 
