@@ -384,6 +384,44 @@ def stop_operator() -> None:
     PIDS.write_text(json.dumps(pids))
 
 
+KIND_VERSION = "v0.32.0"
+KIND_KUBECONFIG = CACHE / "kind" / "kubeconfig"
+
+
+def kind_up() -> None:
+    """A kind cluster (needs Docker) with each worker dressed as its pool: taints and devices.
+    The e2e suite then runs against it with KUBECONFIG=.cache/kind/kubeconfig."""
+    if shutil.which("docker") is None:
+        raise SystemExit("cluster: kind needs a container engine (docker); use `make cluster`")
+    if not (BIN / "kind").exists():
+        run(["go", "install", f"sigs.k8s.io/kind@{KIND_VERSION}"],
+            env={**os.environ, "GOBIN": str(BIN)})
+    KIND_KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+    run([str(BIN / "kind"), "create", "cluster", "--config", str(ROOT / "e2e" / "kind.yaml"),
+         "--kubeconfig", str(KIND_KUBECONFIG)])
+    base = [str(BIN / "kubectl") if (BIN / "kubectl").exists() else "kubectl",
+            f"--kubeconfig={KIND_KUBECONFIG}"]
+    profiles = {p.stem: yaml.safe_load(p.read_text())["spec"]
+                for p in (ROOT / "hardware_profiles").glob("*.yaml")}
+    nodes = json.loads(run([*base, "get", "nodes", "-o", "json"], capture_output=True).stdout)
+    for node in nodes["items"]:
+        pool = node["metadata"].get("labels", {}).get("agentgraph.dev/pool")
+        spec = profiles.get(pool or "")
+        if spec is None or spec["deviceType"] == "cpu":
+            continue
+        name = node["metadata"]["name"]
+        devices = str(spec["pool"].get("devicesPerNode", 1))
+        resource = spec["resourceName"].replace("/", "~1")
+        patch = json.dumps([{"op": "add", "path": f"/status/capacity/{resource}",
+                             "value": devices}])
+        run([*base, "patch", "node", name, "--subresource=status", "--type=json", "-p", patch])
+        for taint in spec["pool"].get("taints", []):
+            value = f"={taint['value']}" if taint.get("value") else ""
+            run([*base, "taint", "node", name, f"{taint['key']}{value}:{taint['effect']}",
+                 "--overwrite"])
+    log(f"kind cluster up; export KUBECONFIG={KIND_KUBECONFIG}")
+
+
 def status() -> int:
     pids = _pids()
     for name, pid in pids.items():
@@ -393,7 +431,8 @@ def status() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("command", choices=["up", "down", "status", "build", "stop-operator"])
+    ap.add_argument("command",
+                    choices=["up", "down", "status", "build", "stop-operator", "kind-up"])
     args = ap.parse_args()
     if args.command == "up":
         up()
@@ -403,6 +442,8 @@ def main() -> int:
         build()
     elif args.command == "stop-operator":
         stop_operator()
+    elif args.command == "kind-up":
+        kind_up()
     else:
         return status()
     return 0

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-WAIT_SCHEDULED_S = 60.0
+WAIT_SCHEDULED_S = 120.0
 WAIT_DELETED_S = 60.0
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,17 @@ def plan_of(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
     plan: dict[str, Any] = obj.get("status", {}).get("plan", {})
     return plan
+
+
+def test_liveness_endpoint_answers(operator: Operator) -> None:
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:18081/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    wait_for("the operator's liveness endpoint", healthy, 60)
 
 
 def test_voice_agent_reaches_ready_on_the_planned_pools(kube: Kube, operator: Operator,

@@ -71,3 +71,16 @@ def test_infeasible_keeps_the_running_plan_and_sorts_reasons() -> None:
     assert by_type["Infeasible"]["message"] == "a: first\nb: second"
     assert by_type["Planned"]["status"] == "False" and by_type["Ready"]["status"] == "False"
     assert bad["plan"] == good["plan"]  # what runs is still shown; nothing is torn down
+
+
+def test_a_rollout_is_complete_only_without_old_pods() -> None:
+    from agentgraph.controller.reconcile import _available
+
+    def deployment(available: int, updated: int, total: int) -> dict:  # type: ignore[type-arg]
+        return {"metadata": {"generation": 2}, "spec": {"replicas": 1},
+                "status": {"observedGeneration": 2, "availableReplicas": available,
+                           "updatedReplicas": updated, "replicas": total}}
+
+    assert _available(deployment(1, 1, 1))
+    assert not _available(deployment(1, 1, 2))  # the old ReplicaSet's pod is still there
+    assert not _available(deployment(1, 0, 1))

@@ -20,6 +20,18 @@ RESYNC_SECONDS = 60.0
 _state: dict[str, Any] = {}
 
 
+def _reconcile(obj: dict[str, Any]) -> None:
+    """reconcile(), with the one API refusal that is expected said in a line, not a traceback."""
+    try:
+        reconcile(_cluster(), obj)
+    except client.ApiException as e:
+        if e.status == 403 and "NamespaceTerminating" in str(e.body):
+            log.info("%s/%s: namespace is being deleted; nothing to do",
+                     obj["metadata"].get("namespace"), obj["metadata"].get("name"))
+            return
+        raise
+
+
 def _cluster() -> Cluster:
     cluster: Cluster = _state["cluster"]
     return cluster
@@ -54,13 +66,13 @@ def graphs(namespace: str | None, name: str, **_: Any) -> dict[tuple[str | None,
 @kopf.on.create(GROUP, VERSION, "agentgraphs")
 @kopf.on.update(GROUP, VERSION, "agentgraphs", field="spec")
 def on_graph(body: kopf.Body, **_: Any) -> None:
-    reconcile(_cluster(), dict(body))
+    _reconcile(dict(body))
 
 
 @kopf.timer(GROUP, VERSION, "agentgraphs", interval=RESYNC_SECONDS, idle=5)
 def resync(body: kopf.Body, **_: Any) -> None:
     """Level-based safety net: drift, readiness and capacity are re-read every minute."""
-    reconcile(_cluster(), dict(body))
+    _reconcile(dict(body))
 
 
 def _fingerprint(node: kopf.Body) -> tuple[Any, ...]:
@@ -88,7 +100,7 @@ def on_pool_change(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None
     for namespace, name in list(kwargs["graphs"]):
         obj = _cluster().graph(namespace, name)
         if obj is not None:
-            reconcile(_cluster(), obj)
+            _reconcile(obj)
 
 
 @kopf.on.event("apps", "v1", "deployments",
@@ -102,7 +114,7 @@ def on_child(body: kopf.Body, **_: Any) -> None:
     graph = meta.get("labels", {}).get(LABEL_GRAPH)
     obj = _cluster().graph(meta.get("namespace"), graph) if graph else None
     if obj is not None:
-        reconcile(_cluster(), obj)
+        _reconcile(obj)
 
 
 @kopf.on.startup()

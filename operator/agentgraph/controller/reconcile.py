@@ -36,10 +36,13 @@ def _graph(obj: dict[str, Any]) -> tuple[AgentGraph | None, list[str]]:
 
 
 def _available(deployment: dict[str, Any]) -> bool:
+    """The rollout is complete: every replica updated and available, and no old pod left
+    (status.replicas counts the old ReplicaSet's pods too), as `kubectl rollout status` has it."""
     wanted = deployment.get("spec", {}).get("replicas", 0)
     st = deployment.get("status", {})
     return bool(st.get("availableReplicas", 0) == wanted
                 and st.get("updatedReplicas", 0) == wanted
+                and st.get("replicas", 0) == wanted
                 and st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0))
 
 

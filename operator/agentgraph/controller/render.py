@@ -21,7 +21,9 @@ from agentgraph.api.hardware import DeviceType, HardwareProfile
 from agentgraph.api.plan import Assignment, Plan
 
 Manifest = dict[str, Any]
-DEFAULT_IMAGE = "ghcr.io/agentgraph/step-worker:0.1.0"
+# Steps without a container run a placeholder until the reference step workers (runtime/, with
+# the gateway) exist: pause starts anywhere, so pods become Ready on kind as on kwok.
+DEFAULT_IMAGE = "registry.k8s.io/pause:3.10"
 DEFAULT_PORT = 8080
 MAX_NAME = 63
 LABEL_GRAPH = f"{GROUP}/graph"
