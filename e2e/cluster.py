@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on 127.0.0.1, no Docker: `python e2e/cluster.py up|down|status`.
 
-etcd (Debian's etcd-server), kube-apiserver, kube-controller-manager and kube-scheduler built from
-Go modules pinned in e2e/tools/go.mod, and kwok (simulated nodes) pinned below. Binaries are
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl built from Go modules
+pinned in e2e/tools/go.mod, and kwok (simulated nodes) pinned below. Binaries are
 cached in .cache/bin, so a second `up` only starts processes. Real TLS: a CA, a serving cert for
 127.0.0.1, an admin client cert, a front-proxy CA and the service-account key pair are made with
 openssl. Nodes come from hardware_profiles/: each pool gets kwok nodes carrying its labels, taints
@@ -75,10 +75,13 @@ def build() -> None:
         log(f"building kwok {KWOK_VERSION}")
         run(["go", "install", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
             env={**os.environ, "GOBIN": str(BIN)})
-    if shutil.which("etcd") is None:
-        log("installing etcd from Debian (etcd-server)")
-        run(["apt-get", "update", "-qq"])
-        run(["apt-get", "install", "-y", "-qq", "etcd-server"])
+    if not (BIN / "etcd").exists():
+        # etcd 3.6, the version Kubernetes pins: Debian's 3.4 lacks RequestWatchProgress, so
+        # kwok's streaming node watch keeps ending, heartbeats lapse and the node controller
+        # taints nodes NotReady and evicts pods.
+        log("building etcd from Go modules")
+        run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(BIN / "etcd"),
+             "go.etcd.io/etcd/server/v3"], cwd=ROOT / "e2e" / "tools")
 
 
 # ---------------------------------------------------------------- PKI
@@ -198,7 +201,7 @@ def start() -> None:
             raise SystemExit(f"cluster: 127.0.0.1:{port} is taken by a process this checkout did "
                              "not start (another checkout's cluster? run `make cluster-down` "
                              "there)")
-    _start("etcd", ["etcd", "--data-dir", str(STATE / "etcd"), "--name", "local",
+    _start("etcd", [str(BIN / "etcd"), "--data-dir", str(STATE / "etcd"), "--name", "local",
                     "--listen-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
                     "--advertise-client-urls", f"http://127.0.0.1:{ETCD_PORT}",
                     "--listen-peer-urls", "http://127.0.0.1:2380",

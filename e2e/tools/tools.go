@@ -8,4 +8,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+
+	// etcd 3.6 (the version Kubernetes itself pins): Debian's 3.4 lacks RequestWatchProgress.
+	_ "go.etcd.io/etcd/server/v3/etcdmain"
 )
