@@ -27,9 +27,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agentgraph import cli
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import parse
 from agentgraph.costs.base import CostSettings
 from agentgraph.planner import candidates, diagnose, solve
 from agentgraph.planner import graph as graph_model
@@ -48,9 +48,7 @@ MODELS = [
 
 
 def pools() -> list[HardwareProfile]:
-    out = []
-    for path in sorted((ROOT / "hardware_profiles").glob("*.yaml")):
-        out.extend(parse(path.read_text(), str(path)).profiles)
+    out = cli.load_profiles(str(ROOT / "hardware_profiles"))
     h100 = next(p for p in out if p.name == "h100").model_dump(by_alias=True)
     h100["metadata"]["name"] = "h100-rented"
     h100["spec"]["cost"]["basis"] = "hourly"

@@ -149,13 +149,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start(name: str, cmd: list[str]) -> None:
+def _start(name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
     pids = _pids()
     if name in pids and _alive(pids[name]):
         return
     LOGS.mkdir(parents=True, exist_ok=True)
     out = (LOGS / f"{name}.log").open("ab")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     pids[name] = proc.pid
     PIDS.write_text(json.dumps(pids))
 
@@ -275,16 +276,8 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
 
 def start_operator() -> None:
     """The operator as a local process against this cluster, recorded for `down`."""
-    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
-    pids = _pids()
-    if "operator" in pids and _alive(pids["operator"]):
-        return
-    LOGS.mkdir(parents=True, exist_ok=True)
-    out = (LOGS / "operator.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "agentgraph.controller"], stdout=out,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    pids["operator"] = proc.pid
-    PIDS.write_text(json.dumps(pids))
+    _start("operator", [sys.executable, "-m", "agentgraph.controller"],
+           env={**os.environ, "KUBECONFIG": str(KUBECONFIG)})
 
 
 # ---------------------------------------------------------------- nodes
@@ -354,12 +347,11 @@ def up() -> None:
     log(f"up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}")
 
 
-def down() -> None:
-    pids = _pids()
+def _stop(pids: dict[str, int]) -> None:
+    """SIGTERM each process group (last started first), SIGKILL what is left after 20 s."""
     for name in reversed(list(pids)):
-        pid = pids[name]
-        if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)
+        if _alive(pids[name]):
+            os.killpg(pids[name], signal.SIGTERM)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
         time.sleep(0.2)
@@ -367,6 +359,11 @@ def down() -> None:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
             log(f"{name} ({pid}) did not stop on SIGTERM: killed")
+
+
+def down() -> None:
+    pids = _pids()
+    _stop(pids)
     PIDS.unlink(missing_ok=True)
     shutil.rmtree(STATE / "etcd", ignore_errors=True)
     log(f"stopped {len(pids)} processes")
@@ -377,12 +374,7 @@ def stop_operator() -> None:
     pids = _pids()
     pid = pids.pop("operator", None)
     if pid is not None and _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        _stop({"operator": pid})
         log("stopped the demo operator")
     PIDS.write_text(json.dumps(pids))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agentgraph import cli
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = ROOT / "hardware_profiles"
@@ -20,10 +20,7 @@ LLAMA3_70B: dict[str, Any] = {"parametersBillions": 70.6, "layers": 80, "hiddenS
 
 
 def shipped_profiles() -> list[HardwareProfile]:
-    profiles: list[HardwareProfile] = []
-    for path in sorted(PROFILES_DIR.glob("*.yaml")):
-        profiles.extend(parse(path.read_text(), str(path)).profiles)
-    return profiles
+    return cli.load_profiles(str(PROFILES_DIR))
 
 
 def make_pool(name: str, *, cpu: bool = False, price: float = 1.0, memory: float = 80,

@@ -71,8 +71,7 @@ def reconcile(cluster: Cluster, obj: dict[str, Any], time_limit: float = 30.0) -
             applied = [cluster.apply(m) for m in wanted]
             for kind, child in sorted(names(cluster.children(namespace, name)) - names(wanted)):
                 cluster.delete(kind, namespace, child)  # after the new ones exist: no gap
-            ready = all(_available(d) for d in applied if d.get("kind", "Deployment")
-                        == "Deployment" and "replicas" in d.get("spec", {}))
+            ready = all(_available(d) for d in applied if d["kind"] == "Deployment")
     new = status.build(previous, meta.get("generation"), plan, problems, ready)
     written = False
     if status.changed(previous, new):

@@ -38,14 +38,12 @@ class ClusterSnapshot:
         ``pool.nodes``; neither means unbounded."""
         pools = []
         for profile in sorted(profiles, key=lambda p: p.name):
-            capacity: float | None
+            pool = Pool.from_profile(profile, settings)
+            capacity: float | None = None
             if capacity_units is not None:
                 capacity = capacity_units.get(profile.name, 0.0)
             elif profile.spec.pool.nodes is not None:
-                per_node = profile.spec.pool.devices_per_node
-                units = profile.spec.cores if profile.spec.device_type == "cpu" else 1.0
-                capacity = profile.spec.pool.nodes * per_node * units
-            else:
-                capacity = None
-            pools.append(Pool.from_profile(profile, settings, capacity))
+                devices = profile.spec.pool.nodes * profile.spec.pool.devices_per_node
+                capacity = devices * pool.units_per_device
+            pools.append(replace(pool, capacity_units=capacity))
         return ClusterSnapshot(tuple(pools))
