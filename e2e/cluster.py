@@ -42,6 +42,7 @@ KWOK_VERSION = "v0.8.0"
 APISERVER_PORT = 6443
 ETCD_PORT = 2379
 KWOK_LABEL = "agentgraph.dev/kwok"
+NODE_LEASE_SECONDS = 40  # what a kubelet uses; kwok renews at a quarter of it
 READY_TIMEOUT_S = 60.0
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -246,7 +247,11 @@ def start() -> None:
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-label-selector={KWOK_LABEL}=true",
                     "--server-address=127.0.0.1:10247", "--cidr=10.244.0.0/16",
-                    "--node-ip=127.0.0.1"])
+                    "--node-ip=127.0.0.1",
+                    # Without it kwok renews no Lease: the node controller marks every node
+                    # NotReady after its grace period (and their pods not Ready, which kwok
+                    # never undoes) until node-initialize makes them Ready again, every ~55 s.
+                    f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}"])
 
 
 # kwok has no built-in behaviour: Stages say how nodes heartbeat and pods start. Use the ones
