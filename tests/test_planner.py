@@ -165,3 +165,41 @@ def test_solver_status_says_whether_the_plan_is_proven_optimal() -> None:
         assert rushed.solver_status is not None and rushed.solver_status.startswith("time limit")
     else:
         assert "time limit" in rushed.reasons[0]
+
+
+def _placement(plan) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    return {(a.step, a.phase or "run"): (a.pool, a.tensor_parallel, a.batch, a.replicas,
+                                         a.units_per_replica) for a in plan.assignments}
+
+
+def test_a_running_placement_is_kept_unless_moving_saves_enough() -> None:
+    from agentgraph.api.loading import parse
+    from builders import EXAMPLES_DIR, shipped_profiles
+
+    graph = parse((EXAMPLES_DIR / "voice-agent.yaml").read_text(), "v").graphs[0]
+    profiles = shipped_profiles()
+    running = solve.plan(graph, profiles)  # planned for a 4 s SLA
+    text = (EXAMPLES_DIR / "voice-agent.yaml").read_text()
+    looser = parse(text.replace("latencySeconds: 4.0", "latencySeconds: 6.0"), "v").graphs[0]
+    assert looser.spec.sla.latency_seconds == 6.0
+    fresh = solve.plan(looser, profiles)
+    assert fresh.cost_per_hour < running.cost_per_hour  # so keeping it is a real choice
+    saving = 1 - fresh.cost_per_hour / running.cost_per_hour
+    kept = solve.plan(looser, profiles, current=_placement(running), keep_within=saving + 0.01)
+    assert _placement(kept) == _placement(running)
+    assert kept.cost_per_hour == pytest.approx(running.cost_per_hour)
+    assert "kept the current placement" in kept.solver_status
+    moved = solve.plan(looser, profiles, current=_placement(running), keep_within=saving - 0.01)
+    assert _placement(moved) == _placement(fresh) and moved.solver_status == "optimal"
+    # The running placement no longer fits (its decode pool is full): it moves whatever the
+    # threshold, and the result meets everything on the smaller cluster.
+    decode_pool = by_step(running)[("reason", "decode")].pool
+    free = {p.name: 0.0 if p.name == decode_pool else 1000.0 for p in profiles}
+    squeezed = solve.plan(looser, profiles, capacity_units=free,
+                          current=_placement(running), keep_within=10.0)
+    assert squeezed.feasible
+    assert decode_pool not in {a.pool for a in squeezed.assignments}
+    # A placement naming a step the graph no longer has is not a placement of this graph.
+    stale = {**_placement(running), ("gone", "run"): ("xeon-8480", 1, 1, 1, 1.0)}
+    assert _placement(solve.plan(looser, profiles, current=stale, keep_within=10.0)) == \
+        _placement(fresh)

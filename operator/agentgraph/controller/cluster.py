@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import pydantic
 from kubernetes import client
 
 from agentgraph.api import GROUP, VERSION
-from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import validation_lines
 from agentgraph.controller import render
 
 FIELD_MANAGER = "agentgraph-operator"
@@ -35,40 +32,18 @@ class Cluster:
             raise
         return obj if isinstance(obj, dict) else None
 
-    def profiles(self) -> tuple[list[HardwareProfile], list[str]]:
-        """Valid profiles, and one problem line per invalid one (skipped, never guessed)."""
-        listed = self.custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles")
-        items = listed.get("items", []) if isinstance(listed, dict) else []
-        good, bad = [], []
-        for item in items:
-            name = item.get("metadata", {}).get("name", "?")
-            try:
-                good.append(HardwareProfile.model_validate(
-                    {k: item[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in item}))
-            except pydantic.ValidationError as e:
-                bad.extend(validation_lines(f"HardwareProfile/{name}", e))
-        return good, bad
-
-    def nodes(self) -> list[dict[str, Any]]:
-        return [self.core.api_client.sanitize_for_serialization(n)
-                for n in self.core.list_node().items]
-
-    def pods(self) -> list[dict[str, Any]]:
-        return [self.core.api_client.sanitize_for_serialization(p)
-                for p in self.core.list_pod_for_all_namespaces().items]
-
     def children(self, namespace: str, graph: str) -> list[dict[str, Any]]:
         selector = f"{render.LABEL_GRAPH}={graph},app.kubernetes.io/managed-by=agentgraph"
         out = []
-        for kind, items in (
-            ("Deployment", self.apps.list_namespaced_deployment(
+        for api_version, kind, items in (
+            ("apps/v1", "Deployment", self.apps.list_namespaced_deployment(
                 namespace, label_selector=selector).items),
-            ("Service", self.core.list_namespaced_service(
+            ("v1", "Service", self.core.list_namespaced_service(
                 namespace, label_selector=selector).items),
         ):
-            for item in items:
+            for item in items:  # list items carry neither apiVersion nor kind
                 obj = self.core.api_client.sanitize_for_serialization(item)
-                obj["kind"] = kind
+                obj.update(apiVersion=api_version, kind=kind)
                 out.append(obj)
         return out
 
@@ -102,7 +77,7 @@ class Cluster:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, "agentgraphs", name, {"status": status})
 
-    def event(self, graph: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = graph["metadata"]
         at = datetime.now(UTC)
         body = client.CoreV1Event(
@@ -116,6 +91,3 @@ class Cluster:
             first_timestamp=at, last_timestamp=at, count=1)
         self.core.create_namespaced_event(meta["namespace"], body)
 
-
-def names(objs: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
-    return {(o["kind"], o["metadata"]["name"]) for o in objs}

@@ -1,35 +1,46 @@
-"""kopf wiring: every trigger ends in the same reconcile(). Run: python -m agentgraph.controller"""
+"""kopf wiring: every trigger ends in reconcile(), one at a time per graph.
+
+The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, our Deployments), which
+kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
+  AgentGraph resume/create/spec update, HardwareProfile change, timer   -> FULL
+  Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
+  one of our Deployments changing           -> READINESS (escalates to FULL on drift)
+Run: python -m agentgraph.controller
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import pydantic
 from kubernetes import client, config
 
 from agentgraph.api import GROUP, VERSION
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.loading import validation_lines
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.leader import Leader
-from agentgraph.controller.reconcile import reconcile
-from agentgraph.controller.render import LABEL_GRAPH
+from agentgraph.controller.reconcile import World, reconcile
+from agentgraph.controller.render import LABEL_GRAPH, MANAGED_BY
+from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
 RESYNC_SECONDS = 60.0
+TERMINAL_PHASES = ("Succeeded", "Failed")
 _state: dict[str, Any] = {}
+_work = Coalescer()
+_profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
-def _reconcile(obj: dict[str, Any]) -> None:
-    """reconcile(), with the one API refusal that is expected said in a line, not a traceback."""
-    try:
-        reconcile(_cluster(), obj)
-    except client.ApiException as e:
-        if e.status == 403 and "NamespaceTerminating" in str(e.body):
-            log.info("%s/%s: namespace is being deleted; nothing to do",
-                     obj["metadata"].get("namespace"), obj["metadata"].get("name"))
-            return
-        raise
+def _namespaced(namespace: str | None) -> str:
+    if namespace is None:  # AgentGraphs, Pods and Deployments are all namespaced
+        raise kopf.PermanentError("a namespaced object arrived without a namespace")
+    return namespace
 
 
 def _cluster() -> Cluster:
@@ -37,8 +48,11 @@ def _cluster() -> Cluster:
     return cluster
 
 
+# ------------------------------------------------------------------------------ settings
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -46,8 +60,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # one leader by Lease instead of kopf's peering CRDs
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
+    _state["loop"] = asyncio.get_running_loop()
     leader = Leader(_state["api"], _state["lease_namespace"])
-    leader.acquire()
+    await asyncio.to_thread(leader.acquire)
     _state["leader"] = leader
 
 
@@ -57,25 +72,134 @@ def release(**_: Any) -> None:
         _state["leader"].release()
 
 
+# ------------------------------------------------------------------------------ indexes
+# Index functions keep only what the planner reads: memory stays small at thousands of pods.
+
+
 @kopf.index(GROUP, VERSION, "agentgraphs")
-def graphs(namespace: str | None, name: str, **_: Any) -> dict[tuple[str | None, str], None]:
-    return {(namespace, name): None}
+def graphs(namespace: str | None, name: str, status: kopf.Status,
+           **_: Any) -> dict[tuple[str, str], frozenset[str] | None]:
+    """Each graph and the pools its running plan uses (None while it has no plan)."""
+    namespace = _namespaced(namespace)
+    planned = any(c.get("type") == "Planned" and c.get("status") == "True"
+                  for c in status.get("conditions", []))
+    pools = status.get("plan", {}).get("pools")
+    return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
+
+
+@kopf.index("", "v1", "nodes")
+def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+          **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: {"metadata": {"name": name, "labels": dict(labels)},
+                   "spec": {"unschedulable": bool(spec.get("unschedulable"))},
+                   "status": {"allocatable": dict(status.get("allocatable", {})),
+                              "conditions": [dict(c) for c in status.get("conditions", [])
+                                             if c.get("type") == "Ready"]}}}
+
+
+@kopf.index("", "v1", "pods")
+def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
+         status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods that hold resources on a node: bound and not finished."""
+    namespace = _namespaced(namespace)
+    node = spec.get("nodeName")
+    if not node or status.get("phase") in TERMINAL_PHASES:
+        return {}
+    containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
+                  for c in spec.get("containers", [])]
+    graph = labels.get(LABEL_GRAPH)
+    return {(namespace, name): {
+        "metadata": {"namespace": namespace, "labels": {LABEL_GRAPH: graph} if graph else {}},
+        "spec": {"nodeName": node, "containers": containers},
+        "status": {"phase": status.get("phase")}}}
+
+
+@kopf.index(GROUP, VERSION, "hardwareprofiles")
+def profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}}
+
+
+def _values(index: Mapping[Any, Any]) -> list[Any]:
+    return [value for store in index.values() for value in store]
+
+
+async def _copy(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
+    """Runs on the event loop, where kopf writes its indexes: a consistent copy."""
+    return [_values(kwargs[name]) for name in names]
+
+
+def _read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
+    """The indexes ``names``, copied from a handler's worker thread (never call on the loop)."""
+    return asyncio.run_coroutine_threadsafe(_copy(kwargs, *names),
+                                            _state["loop"]).result(timeout=60)
+
+
+def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
+    meta = raw.get("metadata", {})
+    key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
+    if key not in _profiles_seen:
+        try:
+            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
+        except pydantic.ValidationError as e:
+            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
+    return _profiles_seen[key]
+
+
+def _validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
+    good, bad = [], []
+    for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):
+        profile, problems = _profile(raw)
+        if profile is not None:
+            good.append(profile)
+        bad.extend(problems)
+    return good, bad
+
+
+def _world(kwargs: Mapping[str, Any]) -> World:
+    raw_profiles, node_list, pod_list = _read(kwargs, "profiles", "nodes", "pods")
+    good, bad = _validated(raw_profiles)
+    return World(profiles=good, bad_profiles=bad, nodes=node_list, pods=pod_list)
+
+
+# ------------------------------------------------------------------------------ the work
+
+
+def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
+    """Reconcile one graph at ``level``, or leave it to the thread already reconciling it."""
+
+    def work(asked: Level) -> None:
+        cluster = _cluster()
+        obj = cluster.graph(namespace, name)
+        if obj is None:
+            return  # deleted meanwhile: garbage collection removes its children
+        try:
+            outcome = reconcile(cluster, obj, _world(kwargs), asked)
+            if outcome.escalate:
+                reconcile(cluster, cluster.graph(namespace, name) or obj, _world(kwargs),
+                          Level.FULL)
+        except client.ApiException as e:
+            if e.status == 403 and "NamespaceTerminating" in str(e.body):
+                log.info("%s/%s: namespace is being deleted; nothing to do", namespace, name)
+                return
+            raise
+
+    _work.run((namespace, name), level, work)
 
 
 @kopf.on.resume(GROUP, VERSION, "agentgraphs")
 @kopf.on.create(GROUP, VERSION, "agentgraphs")
 @kopf.on.update(GROUP, VERSION, "agentgraphs", field="spec")
-def on_graph(body: kopf.Body, **_: Any) -> None:
-    _reconcile(dict(body))
+def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
+    _request(_namespaced(namespace), name, Level.FULL, kwargs)
 
 
 @kopf.timer(GROUP, VERSION, "agentgraphs", interval=RESYNC_SECONDS, idle=5)
-def resync(body: kopf.Body, **_: Any) -> None:
+def resync(namespace: str | None, name: str, **kwargs: Any) -> None:
     """Level-based safety net: drift, readiness and capacity are re-read every minute."""
-    _reconcile(dict(body))
+    _request(_namespaced(namespace), name, Level.FULL, kwargs)
 
 
-def _fingerprint(node: kopf.Body) -> tuple[Any, ...]:
+def _fingerprint(node: Mapping[str, Any]) -> tuple[Any, ...]:
     st = node.get("status", {})
     ready = next((c.get("status") for c in st.get("conditions", []) if c.get("type") == "Ready"),
                  None)
@@ -84,37 +208,48 @@ def _fingerprint(node: kopf.Body) -> tuple[Any, ...]:
             bool(node.get("spec", {}).get("unschedulable")), ready)
 
 
+def _pools_of(labels: Mapping[str, str], known: list[HardwareProfile]) -> set[str]:
+    return {p.name for p in known
+            if all(labels.get(k) == v for k, v in p.spec.pool.node_selector.items())}
+
+
 @kopf.on.event("", "v1", "nodes")
-@kopf.on.event(GROUP, VERSION, "hardwareprofiles")
-def on_pool_change(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
-    """Nodes joining, leaving or changing a pool (or a profile changing) replan every graph.
-    Heartbeats alone (a Node's status touched, nothing we read changed) do not."""
-    key = (body.get("kind"), body.get("metadata", {}).get("name"))
-    seen: dict[Any, Any] = _state.setdefault("fingerprints", {})
+def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+    """A node joining, leaving or changing in a pool replans the graphs on that pool (and those
+    without a plan, which it may now fit). Heartbeats (nothing we read changed) do nothing."""
+    name = body.get("metadata", {}).get("name")
+    seen: dict[str, Any] = _state.setdefault("fingerprints", {})
     mark = None if event.get("type") == "DELETED" else _fingerprint(body)
-    if key[0] == "Node" and seen.get(key) == mark:
+    before = seen.get(name)
+    if before == mark:
         return
-    seen[key] = mark
+    seen[name] = mark
     if not _state.get("started"):
         return  # the initial listing: each graph is reconciled on resume anyway
-    for namespace, name in list(kwargs["graphs"]):
-        obj = _cluster().graph(namespace, name)
-        if obj is not None:
-            _reconcile(obj)
+    known, _ = _validated(_read(kwargs, "profiles")[0])
+    labels = dict(body.get("metadata", {}).get("labels", {}))
+    pools = _pools_of(labels, known) | (_pools_of(dict(before[0]), known) if before else set())
+    for (namespace, graph), store in list(kwargs["graphs"].items()):
+        used = next(iter(store), None)
+        if used is None or used & pools:
+            _request(namespace, graph, Level.FULL, kwargs)
 
 
-@kopf.on.event("apps", "v1", "deployments",
-               labels={"app.kubernetes.io/managed-by": "agentgraph"})
-def on_child(body: kopf.Body, **_: Any) -> None:
-    """A step's Deployment changed (pods became available, or someone edited it): reconcile its
-    graph, so Ready follows the pods and drift is undone."""
+@kopf.on.event(GROUP, VERSION, "hardwareprofiles")
+def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
+    """A profile changed: prices, speeds or pools may all differ, so every graph replans."""
     if not _state.get("started"):
         return
-    meta = body.get("metadata", {})
-    graph = meta.get("labels", {}).get(LABEL_GRAPH)
-    obj = _cluster().graph(meta.get("namespace"), graph) if graph else None
-    if obj is not None:
-        _reconcile(obj)
+    for namespace, graph in list(kwargs["graphs"]):
+        _request(namespace, graph, Level.FULL, kwargs)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
+def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+    """A step's Deployment changed (pods became available, or someone edited it)."""
+    graph = labels.get(LABEL_GRAPH)
+    if _state.get("started") and graph:
+        _request(_namespaced(namespace), graph, Level.READINESS, kwargs)
 
 
 @kopf.on.startup()
@@ -123,7 +258,8 @@ def started(**_: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="agentgraph-operator", description=__doc__)
+    ap = argparse.ArgumentParser(prog="agentgraph-operator", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lease-namespace", default="default",
                     help="namespace of the leader-election Lease (default: default)")
     ap.add_argument("--liveness", default="http://127.0.0.1:8081/healthz",

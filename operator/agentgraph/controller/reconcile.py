@@ -1,23 +1,43 @@
-"""One level-based reconcile for create, update, resume, timers and cluster changes:
-snapshot -> plan -> render -> server-side apply -> prune -> status (written only on change)."""
+"""One level-based reconcile for create, update, resume, timers and cluster changes.
+
+FULL: snapshot -> plan (keeping the running placement unless it no longer fits or moving saves
+      enough) -> render -> server-side apply of what differs -> prune -> status on change.
+READINESS: a child's status moved. Ready is recomputed from the Deployments the status plan
+      names; anything unexpected there (a child missing, replicas or pool changed by someone
+      else) escalates to FULL. Pod-template drift is undone by the next FULL (the timer).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 
 from agentgraph.api.graph import AgentGraph
+from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
 from agentgraph.api.plan import Plan
 from agentgraph.controller import render, snapshot, status
-from agentgraph.controller.cluster import Cluster, names
+from agentgraph.controller.cluster import Cluster
+from agentgraph.controller.work import Level
 from agentgraph.planner import solve
 from agentgraph.planner.errors import PlanningError
 
 log = logging.getLogger("agentgraph.reconcile")
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class World:
+    """The cluster as the operator's caches hold it (kopf indexes): no listing per reconcile."""
+
+    profiles: Sequence[HardwareProfile]
+    bad_profiles: Sequence[str] = ()
+    nodes: Sequence[Obj] = ()
+    pods: Sequence[Obj] = ()
 
 
 @dataclass(frozen=True)
@@ -25,9 +45,12 @@ class Outcome:
     feasible: bool
     ready: bool
     status_written: bool
+    applied: list[str] = field(default_factory=list)  # children written ("Kind/name")
+    deleted: list[str] = field(default_factory=list)
+    escalate: bool = False  # READINESS found something only FULL can mend
 
 
-def _graph(obj: dict[str, Any]) -> tuple[AgentGraph | None, list[str]]:
+def _graph(obj: Obj) -> tuple[AgentGraph | None, list[str]]:
     try:
         return AgentGraph.model_validate(
             {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj}), []
@@ -35,7 +58,7 @@ def _graph(obj: dict[str, Any]) -> tuple[AgentGraph | None, list[str]]:
         return None, validation_lines(f"AgentGraph/{obj['metadata']['name']}", e)
 
 
-def _available(deployment: dict[str, Any]) -> bool:
+def _available(deployment: Obj) -> bool:
     """The rollout is complete: every replica updated and available, and no old pod left
     (status.replicas counts the old ReplicaSet's pods too), as `kubectl rollout status` has it."""
     wanted = deployment.get("spec", {}).get("replicas", 0)
@@ -46,59 +69,164 @@ def _available(deployment: dict[str, Any]) -> bool:
                 and st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0))
 
 
-def reconcile(cluster: Cluster, obj: dict[str, Any], time_limit: float = 30.0) -> Outcome:
+def contains(live: Any, wanted: Any) -> bool:
+    """Whether the live object already has every field we would apply, with our values (the
+    server adds defaults; those are not ours to compare). Unequal means apply."""
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(
+            contains(live[k], v) if k in live else v in ([], {}, None)  # omitempty
+            for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (isinstance(live, list) and len(live) == len(wanted)
+                and all(contains(a, b) for a, b in zip(live, wanted, strict=True)))
+    return bool(live == wanted)
+
+
+def current_placement(previous: Obj, generation: int | None) -> solve.Placement | None:
+    """What runs now, from the status, when it was planned for this very spec."""
+    plan = previous.get("plan")
+    if not plan or previous.get("observedGeneration") != generation:
+        return None
+    if _condition(previous, "Planned") != "True":
+        return None
+    try:
+        return {(s["step"], s.get("phase") or "run"):
+                (s["pool"], int(s["tensorParallel"]), int(s["batch"]), int(s["replicas"]),
+                 float(s["unitsPerReplica"]))
+                for s in plan.get("steps", [])}
+    except (KeyError, TypeError, ValueError):
+        return None  # a status from an older operator: plan afresh
+
+
+def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FULL,
+              time_limit: float = 30.0) -> Outcome:
+    if level is Level.READINESS:
+        return _readiness(cluster, obj)
     meta = obj["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     previous = obj.get("status") or {}
     graph, problems = _graph(obj)
     plan: Plan | None = None
     ready = False
+    written: list[str] = []
+    deleted: list[str] = []
     if graph is not None:
-        profiles, bad_profiles = cluster.profiles()
-        for line in bad_profiles:
+        for line in world.bad_profiles:
             log.warning("skipping invalid profile: %s", line)
-        capacity = snapshot.free_capacity(profiles, cluster.nodes(), cluster.pods(),
+        capacity = snapshot.free_capacity(world.profiles, world.nodes, world.pods,
                                           (namespace, name))
         try:
-            plan = solve.plan(graph, profiles, capacity_units=capacity, time_limit=time_limit)
+            plan = solve.plan(graph, world.profiles, capacity_units=capacity,
+                              time_limit=time_limit,
+                              current=current_placement(previous, meta.get("generation")))
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
         if plan is not None and not plan.feasible:
             problems = list(plan.reasons)
         if plan is not None and plan.feasible:
-            wanted = render.render(graph, plan, {p.name: p for p in profiles}, namespace,
+            wanted = render.render(graph, plan, {p.name: p for p in world.profiles}, namespace,
                                    meta["uid"])
-            applied = [cluster.apply(m) for m in wanted]
-            for kind, child in sorted(names(cluster.children(namespace, name)) - names(wanted)):
+            live = {(c["kind"], c["metadata"]["name"]): c
+                    for c in cluster.children(namespace, name)}
+            applied = []
+            for manifest in wanted:
+                key = (manifest["kind"], manifest["metadata"]["name"])
+                have = live.get(key)
+                if have is not None and contains(have, manifest):
+                    applied.append(have)
+                    continue
+                applied.append(cluster.apply(manifest))
+                written.append("/".join(key))
+            for kind, child in sorted(set(live) - {(m["kind"], m["metadata"]["name"])
+                                                   for m in wanted}):
                 cluster.delete(kind, namespace, child)  # after the new ones exist: no gap
+                deleted.append(f"{kind}/{child}")
             ready = all(_available(d) for d in applied if d["kind"] == "Deployment")
+            if written or deleted:
+                log.info("%s/%s: applied %s; deleted %s", namespace, name,
+                         ", ".join(written) or "nothing", ", ".join(deleted) or "nothing")
     new = status.build(previous, meta.get("generation"), plan, problems, ready)
-    written = False
-    if status.changed(previous, new):
-        cluster.patch_status(namespace, name, new)
-        written = True
-        _events(cluster, obj, previous, new, problems)
+    changed = _write(cluster, obj, previous, new, problems)
     return Outcome(feasible=not problems and plan is not None, ready=ready,
-                   status_written=written)
+                   status_written=changed, applied=written, deleted=deleted)
 
 
-def _condition(st: dict[str, Any], type_: str) -> str | None:
+def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    previous = obj.get("status") or {}
+    plan = previous.get("plan")
+    if (not plan or previous.get("observedGeneration") != meta.get("generation")
+            or _condition(previous, "Planned") != "True"):
+        return Outcome(feasible=False, ready=False, status_written=False, escalate=True)
+    deployments = {c["metadata"]["name"]: c for c in cluster.children(namespace, name)
+                   if c["kind"] == "Deployment"}
+    for step in plan.get("steps", []):
+        d = deployments.get(render.object_name(name, step["step"], step.get("phase")))
+        if d is None or not _as_planned(d, step):
+            return Outcome(feasible=True, ready=False, status_written=False, escalate=True)
+    ready = all(_available(d) for d in deployments.values())
+    new = status.with_ready(previous, ready)
+    changed = _write(cluster, obj, previous, new, [])
+    return Outcome(feasible=True, ready=ready, status_written=changed)
+
+
+def _as_planned(deployment: Obj, step: Obj) -> bool:
+    spec = deployment.get("spec", {})
+    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+    return bool(spec.get("replicas") == step.get("replicas")
+                and labels.get(render.LABEL_POOL) == step.get("pool"))
+
+
+def _write(cluster: Cluster, obj: Obj, previous: Obj, new: dict[str, Any],
+           problems: Iterable[str]) -> bool:
+    if not status.changed(previous, new):
+        return False
+    meta = obj["metadata"]
+    cluster.patch_status(meta["namespace"], meta["name"], new)
+    _events(cluster, obj, previous, new, list(problems))
+    return True
+
+
+def _condition(st: Obj, type_: str) -> str | None:
     return next((c.get("status") for c in st.get("conditions", []) if c.get("type") == type_),
                 None)
 
 
-def _events(cluster: Cluster, obj: dict[str, Any], previous: dict[str, Any],
-            new: dict[str, Any], problems: list[str]) -> None:
+def _placed(st: Obj) -> Any:
+    """The placement a status reports, without the solver's wording."""
+    plan = st.get("plan")
+    return None if plan is None else (plan.get("steps"), plan.get("slaSeconds"))
+
+
+def moves(before: Obj, after: Obj) -> list[str]:
+    """Per step phase whose placement changed: 'reason/decode: b200 TP2 x1 -> h200 TP1 x2'."""
+
+    def placed(plan: Obj) -> dict[str, str]:
+        return {s["step"] + (f"/{s['phase']}" if s.get("phase") else ""):
+                f"{s['pool']} TP{s.get('tensorParallel', 1)} x{s['replicas']}"
+                for s in plan.get("steps", [])}
+
+    old, new = placed(before), placed(after)
+    return [f"{k}: {old.get(k, 'none')} -> {new.get(k, 'none')}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _events(cluster: Cluster, obj: Obj, previous: Obj, new: Obj, problems: list[str]) -> None:
     if problems and (_condition(previous, "Infeasible") != "True"
                      or previous.get("observedGeneration") != new.get("observedGeneration")):
         cluster.event(obj, "Warning", "Infeasible", "; ".join(sorted(problems)))
-    elif not problems and new.get("plan") != previous.get("plan"):
+    elif not problems and _placed(new) != _placed(previous):
         plan = new.get("plan", {})
         reason = "Planned" if "plan" not in previous else "Replanned"
         cost = plan.get("costPerHour") or plan.get("costPerRequest")
+        moved = moves(previous.get("plan", {}), plan) if "plan" in previous else []
         cluster.event(obj, "Normal", reason,
                       f"{len(plan.get('steps', []))} step phases, predicted "
                       f"{plan.get('latencySeconds', 0):.3g} s of {plan.get('slaSeconds')} s, "
-                      f"cost {cost:.4g}")
+                      f"cost {cost:.4g}" + (f"; moved {'; '.join(moved)}" if moved else ""))
+        if moved:
+            log.info("%s/%s: replanned: %s", obj["metadata"]["namespace"],
+                     obj["metadata"]["name"], "; ".join(moved))
     if _condition(new, "Ready") == "True" and _condition(previous, "Ready") != "True":
         cluster.event(obj, "Normal", "Ready", "every step has all its replicas available")

@@ -67,6 +67,13 @@ def _quantity_cpu(cores: float) -> str:
     return f"{millis // 1000}" if millis % 1000 == 0 else f"{millis}m"
 
 
+def _quantity_memory(gib: float) -> str:
+    """In the API server's canonical form ('0.5' -> '512Mi', '2' -> '2Gi'), so what is applied
+    reads back unchanged and an unchanged child is never rewritten."""
+    mib = max(1, math.ceil(gib * 1024))
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
+
+
 def _resources(a: Assignment, profile: HardwareProfile, step: Step) -> dict[str, Any]:
     spec = profile.spec
     memory_gb = 1.0
@@ -74,14 +81,15 @@ def _resources(a: Assignment, profile: HardwareProfile, step: Step) -> dict[str,
         if block is not None:
             memory_gb = block.memory_gb
     if spec.device_type is DeviceType.CPU:
-        requests = {"cpu": _quantity_cpu(a.units_per_replica), "memory": f"{memory_gb:g}Gi"}
+        requests = {"cpu": _quantity_cpu(a.units_per_replica),
+                    "memory": _quantity_memory(memory_gb)}
         return {"requests": requests}
     devices = a.units_per_replica
     host_cpu = _quantity_cpu(devices * spec.cores)  # the host cores that come with the devices
     if devices < 1:  # host-CPU work on an accelerator node: its share of host cores, no device
-        return {"requests": {"cpu": host_cpu, "memory": f"{memory_gb:g}Gi"}}
+        return {"requests": {"cpu": host_cpu, "memory": _quantity_memory(memory_gb)}}
     count = str(math.ceil(devices))
-    return {"requests": {"cpu": host_cpu, "memory": f"{memory_gb:g}Gi",
+    return {"requests": {"cpu": host_cpu, "memory": _quantity_memory(memory_gb),
                          spec.resource_name: count},
             "limits": {spec.resource_name: count}}
 

@@ -45,7 +45,8 @@ def summary(plan: Plan) -> dict[str, Any]:
         "costPerRequest": _round(plan.cost_per_request),
         "solverStatus": plan.solver_status,
         "steps": [{"step": a.step, **({"phase": a.phase} if a.phase else {}), "pool": a.pool,
-                   "tensorParallel": a.tensor_parallel, "replicas": a.replicas,
+                   "tensorParallel": a.tensor_parallel, "batch": a.batch,
+                   "unitsPerReplica": a.units_per_replica, "replicas": a.replicas,
                    "latencySeconds": _round(a.latency_seconds),
                    **({"costPerHour": _round(a.cost_per_hour)}
                       if a.cost_per_hour is not None else {})}
@@ -86,6 +87,18 @@ def build(
     elif previous and "plan" in previous:
         out["plan"] = previous["plan"]  # keep showing what runs: nothing is torn down
     return out
+
+
+def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> dict[str, Any]:
+    """The same status with Ready recomputed: for a child's status change, when nothing was
+    replanned (the plan and the other conditions stay as they are)."""
+    at = at or now()
+    old = list(previous.get("conditions", []))
+    generation = previous.get("observedGeneration")
+    conditions = [c for c in old if c.get("type") != "Ready"]
+    conditions.append(condition("Ready", ready, "Available" if ready else "Progressing", "",
+                                generation, old, at))
+    return {**previous, "conditions": sorted(conditions, key=lambda c: c["type"])}
 
 
 def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

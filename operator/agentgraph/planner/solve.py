@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.plan import Assignment, Constraint, Objective, Plan
 from agentgraph.api.plan import Transfer as TransferOut
-from agentgraph.costs.base import CostSettings
+from agentgraph.costs.base import CostSettings, Phase
 from agentgraph.planner import candidates, diagnose, explain, milp
 from agentgraph.planner import graph as graph_model
-from agentgraph.planner.candidates import StepOptions
+from agentgraph.planner.candidates import Option, StepOptions
 from agentgraph.planner.errors import Issue, PlanningError
 from agentgraph.planner.evaluate import REL_TOL, Evaluation, Selection, evaluate
 from agentgraph.planner.graph import GraphModel
 from agentgraph.planner.snapshot import ClusterSnapshot
 
 PHASE_ORDER = {"run": 0, "prefill": 1, "decode": 2}
+# (step, phase or "run") -> (pool, tensor parallel, batch, replicas, units per replica):
+# what runs now.
+Placement = Mapping[tuple[str, str], tuple[str, int, int, int, float]]
+KEEP_WITHIN = 0.10  # a running plan moves only when the optimum is more than 10% cheaper
 
 
 def plan(
@@ -27,9 +32,16 @@ def plan(
     capacity_units: Mapping[str, float] | None = None,
     with_explanation: bool = False,
     time_limit: float = 60.0,
+    current: Placement | None = None,
+    keep_within: float = KEEP_WITHIN,
 ) -> Plan:
     """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
-    it is valid but nothing meets it on this hardware."""
+    it is valid but nothing meets it on this hardware.
+
+    With ``current`` (what runs now, for the same spec), the current placement is returned
+    unchanged while it still meets everything on this snapshot and the optimum is at most
+    ``keep_within`` cheaper: a replan then moves nothing for a saving of a few percent, and
+    near-equal optima cannot make pods flip between pools as free capacity changes."""
     settings = settings or CostSettings()
     model = graph_model.build(graph)
     if not profiles:
@@ -55,18 +67,47 @@ def plan(
         reasons = diagnose.infeasible(model, options, snapshot, relaxed)
         return Plan(feasible=False, sla_seconds=sla, reasons=reasons,
                     solver_status=result.status, solve_seconds=result.seconds)
-    ev = evaluate(model, options, result.selection, snapshot)
-    out = render(model, options, result.selection, ev, snapshot)
+    selection = result.selection
+    ev = evaluate(model, options, selection, snapshot)
+    solver_status = result.status
+    kept = _current_selection(options, current) if current else None
+    if kept is not None and kept != selection:
+        ev_kept = evaluate(model, options, kept, snapshot)
+        if ev_kept.feasible and ev_kept.objective <= ev.objective * (1 + keep_within):
+            # Stable wording (no percentage): the status is rewritten only when it changes.
+            solver_status = (f"{result.status}; kept the current placement (moving would "
+                             f"save under {keep_within:.0%})")
+            selection, ev = kept, ev_kept
+    out = render(model, options, selection, ev, snapshot)
     out = out.model_copy(update={"solve_seconds": result.seconds,
-                                 "solver_status": result.status})
+                                 "solver_status": solver_status})
     if ev.violations:  # the solver's answer failed the exact re-check: never report it as good
         return out.model_copy(update={"feasible": False, "reasons": ev.violations})
     if with_explanation:
         out = out.model_copy(update={
             "baselines": explain.baselines(model, snapshot, settings, time_limit),
-            "alternatives": explain.alternatives(model, options, result.selection, ev, snapshot),
+            "alternatives": explain.alternatives(model, options, selection, ev, snapshot),
         })
     return out
+
+
+def _current_selection(
+    options: Mapping[str, StepOptions], current: Placement
+) -> dict[tuple[str, Phase], Option] | None:
+    """The candidate options that are the current placement, or None when any slot's
+    placement is no longer a candidate (step added, pool gone, rate changed its replicas)."""
+    out: dict[tuple[str, Phase], Option] = {}
+    for name, opts in options.items():
+        for phase, slot in opts.slots.items():
+            placed = current.get((name, phase))
+            found = next((o for o in slot if placed is not None
+                          and placed[:4] == (o.pool, o.estimate.tensor_parallel,
+                                             o.estimate.batch, o.replicas)
+                          and math.isclose(placed[4], o.estimate.units, rel_tol=1e-6)), None)
+            if found is None:
+                return None
+            out[(name, phase)] = found
+    return out if len(out) == len(current) else None
 
 
 def render(
