@@ -27,10 +27,17 @@ plan-demo: venv
 	$(BIN)/agentgraph plan examples/paper-worked-example.yaml --explain
 	$(BIN)/agentgraph plan examples/voice-agent.yaml --explain
 
-## test: what CI runs: lint, types, import layers, stale CRDs, unit and property tests.
-## The real-cluster suite is `make e2e`; it joins `make test` once the operator-restart test is
-## reliable (see README).
+## test: everything CI runs: lint, types, import layers, stale CRDs, unit and property tests,
+## then the e2e suite on the local real cluster (built on first use, about 5 min cold; torn down
+## afterwards unless it was already running). Always the local cluster, whatever KUBECONFIG says.
+LOCAL_KUBECONFIG := $(CURDIR)/.cache/cluster/kubeconfig
 test: lint typecheck imports check-crds unit
+	@if $(BIN)/python e2e/cluster.py status >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory e2e KUBECONFIG=$(LOCAL_KUBECONFIG); \
+	else \
+		$(MAKE) --no-print-directory e2e KUBECONFIG=$(LOCAL_KUBECONFIG); rc=$$?; \
+		$(MAKE) --no-print-directory cluster-down; exit $$rc; \
+	fi
 
 unit: venv
 	$(BIN)/pytest -q tests
@@ -72,7 +79,7 @@ kind-up: venv
 ## e2e: the real-cluster suite against .cache/cluster/kubeconfig (or your own KUBECONFIG)
 e2e: cluster
 	$(BIN)/python e2e/cluster.py stop-operator
-	KUBECONFIG=$${KUBECONFIG:-$(CURDIR)/.cache/cluster/kubeconfig} $(BIN)/pytest -q e2e
+	KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)} $(BIN)/pytest -q e2e
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results reports
