@@ -57,9 +57,12 @@ crds: venv
 check-crds: venv
 	$(BIN)/pytest -q tests/test_crds.py
 
-## bench: planner solve time on generated graphs (table printed, results in bench/results/)
+## bench: planner solve time on generated graphs, then the operator on the local cluster
+## (apply -> Ready for one 10-step graph and for 200 graphs at once, operator RSS). Tables are
+## printed; results go to bench/results/
 bench: venv
 	$(BIN)/python bench/planner_bench.py --out bench/results/planner.json
+	$(BIN)/python bench/operator_bench.py --out bench/results/operator.json
 
 ## report: the seed paper's evaluation (table + PNG chart in reports/)
 report: venv

@@ -38,6 +38,18 @@ def test_free_capacity_counts_ready_nodes_minus_other_workloads() -> None:
     assert free == {"gpu": 13.0}
 
 
+def test_free_pods_are_the_node_limit_minus_other_bound_pods() -> None:
+    gpu = make_pool("gpu")
+    nodes = [node("a", "gpu"), node("b", "gpu"), node("c", "gpu", ready=False)]
+    for n in nodes:
+        n["status"]["allocatable"]["pods"] = "10"
+    pods = [pod("a", 0), pod("a", 0), pod("a", 0, namespace="ns", graph="g"),
+            pod("b", 0, phase="Failed")]
+    # a: 10 - 2 (this graph's own pod will be replaced); b: 10 (finished pods hold no slot);
+    # c is not Ready.
+    assert snapshot.free_pods([gpu], nodes, pods, ("ns", "g")) == {"gpu": 18.0}
+
+
 def test_cpu_pools_count_cores() -> None:
     cpu = make_pool("cpu", cpu=True)
     nodes = [node("x", "cpu")]

@@ -203,3 +203,25 @@ def test_a_running_placement_is_kept_unless_moving_saves_enough() -> None:
     stale = {**_placement(running), ("gone", "run"): ("xeon-8480", 1, 1, 1, 1.0)}
     assert _placement(solve.plan(looser, profiles, current=stale, keep_within=10.0)) == \
         _placement(fresh)
+
+
+def test_pod_slots_limit_a_pool_like_its_units() -> None:
+    """Many small steps can fill a pool's pod limit long before its cores: the plan spreads
+    them, and with no room anywhere the reason names the pool's pods."""
+    steps = [tool(f"t{i}", latency=0.1) for i in range(6)]
+    graph = make_graph(steps, sla=1.0)
+    cheap = make_pool("cheap", cpu=True, price=1.0, cores=64)
+    dear = make_pool("dear", cpu=True, price=3.0, cores=64)
+    free_units = {"cheap": 64.0, "dear": 64.0}
+    roomy = solve.plan(graph, [cheap, dear], capacity_units=free_units,
+                       capacity_pods={"cheap": 100.0, "dear": 100.0})
+    assert {a.pool for a in roomy.assignments} == {"cheap"}
+    tight = solve.plan(graph, [cheap, dear], capacity_units=free_units,
+                       capacity_pods={"cheap": 4.0, "dear": 100.0})
+    assert tight.feasible
+    assert sum(a.replicas for a in tight.assignments if a.pool == "cheap") == 4
+    assert any(c.name == "capacity:cheap/pods" and c.binding for c in tight.constraints)
+    full = solve.plan(graph, [cheap, dear], capacity_units=free_units,
+                      capacity_pods={"cheap": 2.0, "dear": 2.0})
+    assert not full.feasible
+    assert any("capacity:cheap/pods: needs" in r and "pods" in r for r in full.reasons)

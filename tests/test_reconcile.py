@@ -85,7 +85,8 @@ def world() -> rc.World:
     for p in profiles:
         cpu = p.spec.device_type is DeviceType.CPU
         per_node = p.spec.pool.devices_per_node
-        allocatable = {"cpu": str(int(p.spec.cores * (1 if cpu else per_node)))}
+        allocatable = {"cpu": str(int(p.spec.cores * (1 if cpu else per_node))),
+                       "pods": "110"}
         if not cpu:
             allocatable[p.spec.resource_name] = str(per_node)
         for i in range(4):

@@ -115,8 +115,11 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
             log.warning("skipping invalid profile: %s", line)
         capacity = snapshot.free_capacity(world.profiles, world.nodes, world.pods,
                                           (namespace, name))
+        pod_slots = snapshot.free_pods(world.profiles, world.nodes, world.pods,
+                                       (namespace, name))
         try:
             plan = solve.plan(graph, world.profiles, capacity_units=capacity,
+                              capacity_pods=pod_slots,
                               time_limit=time_limit,
                               current=current_placement(previous, meta.get("generation")))
         except PlanningError as e:

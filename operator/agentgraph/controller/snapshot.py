@@ -1,4 +1,5 @@
-"""Live Nodes and Pods -> free capacity per pool (devices, or cores for CPU pools). Pure."""
+"""Live Nodes and Pods -> free capacity per pool: units (devices, or cores for CPU pools) and
+pod slots (a node's allocatable `pods`). Pure."""
 
 from __future__ import annotations
 
@@ -69,5 +70,38 @@ def free_capacity(
             have = parse_quantity(allocatable.get(resource, 0))
             taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
             total += max(0.0, have - taken)
+        out[profile.name] = total
+    return out
+
+
+def free_pods(
+    profiles: Iterable[HardwareProfile],
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    graph_key: tuple[str, str],
+) -> dict[str, float]:
+    """Pods each pool's Ready nodes can still take for this graph: allocatable ``pods`` minus
+    the bound, unfinished pods of other workloads. A node that states no pod limit adds none
+    (the kubelet's default is 110; a node object always carries it)."""
+    nodes = list(nodes)
+    namespace, graph = graph_key
+    bound: dict[str, int] = {}
+    for pod in pods:
+        meta, spec = pod.get("metadata", {}), pod.get("spec", {})
+        ours = (meta.get("namespace") == namespace
+                and meta.get("labels", {}).get(LABEL_GRAPH) == graph)
+        node_name = spec.get("nodeName")
+        if node_name and not ours and pod.get("status", {}).get("phase") not in (
+                "Succeeded", "Failed"):
+            bound[node_name] = bound.get(node_name, 0) + 1
+    out: dict[str, float] = {}
+    for profile in profiles:
+        total = 0.0
+        for node in nodes:
+            labels = node.get("metadata", {}).get("labels", {})
+            if not _matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
+                continue
+            limit = parse_quantity(node.get("status", {}).get("allocatable", {}).get("pods", 0))
+            total += max(0.0, limit - bound.get(node["metadata"]["name"], 0))
         out[profile.name] = total
     return out

@@ -53,6 +53,7 @@ class Pool:
     memory_efficiency: float
     network_efficiency: float
     capacity_units: float | None = None  # None: unbounded
+    capacity_pods: float | None = None  # pods its nodes can still take; None: unbounded
 
     @property
     def units_per_device(self) -> float:

@@ -19,7 +19,7 @@ from agentgraph.costs.base import (
 )
 from agentgraph.planner.errors import Issue, PlanningError
 from agentgraph.planner.graph import FlatStep, GraphModel
-from agentgraph.planner.snapshot import ClusterSnapshot
+from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class Option:
     @property
     def units_total(self) -> float:
         return self.replicas * self.estimate.units
+
+    @property
+    def held(self) -> tuple[tuple[str, float], tuple[str, float]]:
+        """What it takes from its pool, by capacity key: units, and one pod per replica."""
+        return ((self.pool, self.units_total), (self.pool + PODS, float(self.replicas)))
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def build(
 ) -> dict[str, StepOptions]:
     rate = graph.sla.target_requests_per_second
     cap = graph.planning.max_utilisation
-    capped = frozenset(p.name for p in snapshot.pools if p.capacity_units is not None)
+    capped = frozenset(snapshot.capacities())
     result: dict[str, StepOptions] = {}
     # Steps with the same workload, visits and limits get the same candidates: nothing in an
     # option names its step. Agent graphs repeat workloads often (one model, many calls).
@@ -209,12 +214,12 @@ _Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], tuple[tuple[str, fl
 
 
 def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Config]:
-    if opts.is_llm and prune and not any(o.pool in capped for phase in opts.slots.values()
-                                          for o in phase):
+    if opts.is_llm and prune and not any(key in capped for phase in opts.slots.values()
+                                          for o in phase for key, _ in o.held):
         return _llm_front(opts)
     raw: list[_Raw] = []
     if not opts.is_llm:
-        raw = [(o.objective, o.estimate.latency, (("run", o),), ((o.pool, o.units_total),))
+        raw = [(o.objective, o.estimate.latency, (("run", o),), o.held)
                for o in opts.slots.get("run", [])]
     else:
         prefill, decode = _by_pool(opts.slots["prefill"]), _by_pool(opts.slots["decode"])
@@ -238,9 +243,10 @@ def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Con
 
 
 def _usage(pre: Option, dec: Option) -> tuple[tuple[str, float], ...]:
-    if pre.pool == dec.pool:
-        return ((pre.pool, pre.units_total + dec.units_total),)
-    return ((pre.pool, pre.units_total), (dec.pool, dec.units_total))
+    total: dict[str, float] = {}
+    for key, amount in (*pre.held, *dec.held):
+        total[key] = total.get(key, 0.0) + amount
+    return tuple(total.items())
 
 
 def _llm_front(opts: StepOptions) -> list[Config]:
@@ -352,8 +358,8 @@ def _prune(options: list[Option], capped: frozenset[str]) -> list[Option]:
     """Per pool, drop options another option beats or ties on every axis that matters: cost,
     latency, time between tokens, and units where the pool's size is limited."""
     def key(o: Option) -> tuple[float, ...]:
-        units = o.units_total if o.pool in capped else 0.0
-        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, units)
+        limited = tuple(amount if k in capped else 0.0 for k, amount in o.held)
+        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, *limited)
 
     kept: list[Option] = []
     for _, group in sorted(_by_pool(options).items()):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from agentgraph.costs.base import Phase
 from agentgraph.planner.candidates import Option, StepOptions, Transfer
 from agentgraph.planner.graph import GraphModel
-from agentgraph.planner.snapshot import ClusterSnapshot
+from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 
 Selection = Mapping[tuple[str, Phase], Option]
 REL_TOL = 1e-6
@@ -26,7 +26,7 @@ class Evaluation:
     transfers: dict[str, Transfer]  # per LLM step whose phases sit on different pools
     ttft: dict[str, float]
     tbt: dict[str, float]
-    usage: dict[str, float]  # units held per pool
+    usage: dict[str, float]  # held per capacity key: '<pool>' units, '<pool>/pods' pods
     critical_path: list[str]
     violations: list[str]
 
@@ -56,7 +56,8 @@ def evaluate(
         chosen = {phase: selection[(name, phase)] for phase in opts.slots}
         for option in chosen.values():
             objective += option.objective
-            usage[option.pool] = usage.get(option.pool, 0.0) + option.units_total
+            for key, amount in option.held:
+                usage[key] = usage.get(key, 0.0) + amount
         if opts.is_llm:
             pre, dec = chosen["prefill"], chosen["decode"]
             transfer = opts.transfers.get((pre.pool, dec.pool))
@@ -83,11 +84,11 @@ def evaluate(
     if exceeds(latency, graph.sla.latency_seconds):
         violations.append(
             f"sla.latencySeconds: {latency:.4g} s > {graph.sla.latency_seconds:.4g} s")
-    for pool in snapshot.pools:
-        used = usage.get(pool.name, 0.0)
-        if pool.capacity_units is not None and exceeds(used, pool.capacity_units):
-            violations.append(f"capacity:{pool.name}: needs {used:.4g} units, "
-                              f"has {pool.capacity_units:.4g}")
+    for key, limit in snapshot.capacities().items():
+        used = usage.get(key, 0.0)
+        if exceeds(used, limit):
+            what = "pods" if key.endswith(PODS) else "units"
+            violations.append(f"capacity:{key}: needs {used:.4g} {what}, has {limit:.4g}")
     return Evaluation(latency, worst, objective, durations, transfers, ttft, tbt, usage, path,
                       sorted(violations))
 

@@ -90,9 +90,9 @@ def solve(
                 pool_use.setdefault(pool_name, {})[col] = units
         b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
     _timing(b, graph, duration)
-    for pool in snapshot.pools:
-        if pool.capacity_units is not None and pool.name in pool_use:
-            b.row(pool_use[pool.name], -INF, pool.capacity_units)
+    for key, limit in snapshot.capacities().items():
+        if key in pool_use:
+            b.row(pool_use[key], -INF, limit)
     picked, status = _run(b, chosen_from, time_limit)
     selection = None
     if picked is not None:
@@ -106,7 +106,7 @@ def _reduce(
     """The two exact reductions of ``bounds``: drop too-slow configurations, fix slack steps."""
     if not all(so.configs for so in options.values()):
         return {name: so.configs for name, so in options.items()}
-    capped = {p.name for p in snapshot.pools if p.capacity_units is not None}
+    capped = set(snapshot.capacities())
     fastest = {name: min(c.latency for c in so.configs) for name, so in options.items()}
     cheapest = {name: min(so.configs, key=lambda c: (c.objective, c.latency))
                 for name, so in options.items()}

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.costs.base import CostSettings, Pool
 
+PODS = "/pods"  # a pool's pod slots are capacity key "<pool>/pods"; its units are "<pool>"
+
 
 @dataclass(frozen=True)
 class ClusterSnapshot:
@@ -21,7 +23,19 @@ class ClusterSnapshot:
 
     def without_capacity(self) -> ClusterSnapshot:
         """The same pools, unbounded: to tell 'too small' apart from 'impossible'."""
-        return ClusterSnapshot(tuple(replace(p, capacity_units=None) for p in self.pools))
+        return ClusterSnapshot(tuple(replace(p, capacity_units=None, capacity_pods=None)
+                                     for p in self.pools))
+
+    def capacities(self) -> dict[str, float]:
+        """Every limited capacity, by key: '<pool>' in units (devices, or cores for CPU pools),
+        '<pool>/pods' in pods (the nodes' pod limit: many small steps can run out of it first)."""
+        out: dict[str, float] = {}
+        for p in self.pools:
+            if p.capacity_units is not None:
+                out[p.name] = p.capacity_units
+            if p.capacity_pods is not None:
+                out[p.name + PODS] = p.capacity_pods
+        return out
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -32,10 +46,12 @@ class ClusterSnapshot:
         profiles: Iterable[HardwareProfile],
         settings: CostSettings,
         capacity_units: Mapping[str, float] | None = None,
+        capacity_pods: Mapping[str, float] | None = None,
     ) -> ClusterSnapshot:
         """Pools from profiles. Capacity (devices, or cores for CPU pools) comes from
         ``capacity_units`` when given (the operator counts live Nodes), else from the profile's
-        ``pool.nodes``; neither means unbounded."""
+        ``pool.nodes``; neither means unbounded. ``capacity_pods`` (the operator counts the
+        nodes' free pod slots) limits the replicas a pool can take; absent, they are unbounded."""
         pools = []
         for profile in sorted(profiles, key=lambda p: p.name):
             pool = Pool.from_profile(profile, settings)
@@ -45,5 +61,6 @@ class ClusterSnapshot:
             elif profile.spec.pool.nodes is not None:
                 devices = profile.spec.pool.nodes * profile.spec.pool.devices_per_node
                 capacity = devices * pool.units_per_device
-            pools.append(replace(pool, capacity_units=capacity))
+            pods = None if capacity_pods is None else capacity_pods.get(profile.name, 0.0)
+            pools.append(replace(pool, capacity_units=capacity, capacity_pods=pods))
         return ClusterSnapshot(tuple(pools))

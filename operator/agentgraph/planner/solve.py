@@ -30,6 +30,7 @@ def plan(
     profiles: Sequence[HardwareProfile],
     settings: CostSettings | None = None,
     capacity_units: Mapping[str, float] | None = None,
+    capacity_pods: Mapping[str, float] | None = None,
     with_explanation: bool = False,
     time_limit: float = 60.0,
     current: Placement | None = None,
@@ -46,7 +47,7 @@ def plan(
     model = graph_model.build(graph)
     if not profiles:
         raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
-    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units)
+    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods)
     candidates.check_pools(model, snapshot)
     options = candidates.build(model, snapshot, settings)
     sla = model.sla.latency_seconds
@@ -61,7 +62,7 @@ def plan(
                              f"({result.status}); allow it more time"])
     if result.selection is None:
         relaxed = None
-        if any(p.capacity_units is not None for p in snapshot.pools):
+        if snapshot.capacities():
             relaxed = milp.solve(model, options, snapshot.without_capacity(),
                                  time_limit).selection
         reasons = diagnose.infeasible(model, options, snapshot, relaxed)
@@ -175,9 +176,9 @@ def constraints(
             rows.append((f"ttft:{name}", so.ttft, ev.ttft[name]))
         if so.tbt is not None:
             rows.append((f"tbt:{name}", so.tbt, ev.tbt[name]))
-    for pool in snapshot.pools:
-        if pool.capacity_units is not None and ev.usage.get(pool.name):
-            rows.append((f"capacity:{pool.name}", pool.capacity_units, ev.usage[pool.name]))
+    for key, limit in snapshot.capacities().items():
+        if ev.usage.get(key):
+            rows.append((f"capacity:{key}", limit, ev.usage[key]))
     return [
         Constraint(name=n, limit=limit, value=value,
                    binding=value >= limit * (1 - REL_TOL) - 1e-12)
