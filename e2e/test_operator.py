@@ -230,3 +230,38 @@ def test_a_restarted_operator_duplicates_nothing(kube: Kube, operator: Operator,
               for d in kube.json("get", "deployments", "-n", namespace)["items"]]
     assert all(len(o) == 1 for o in owners)
     assert standby.poll() is None
+
+
+def test_more_load_scales_out_without_a_gap(kube: Kube, operator: Operator,
+                                           namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("Ready", lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+    before = {(s["step"], s.get("phase")): s["replicas"]
+              for s in plan_of(kube, namespace, "voice-agent")["steps"]}
+    names = sorted(d["metadata"]["name"]
+                   for d in kube.json("get", "deployments", "-n", namespace)["items"])
+    busier = yaml.safe_load(yaml.safe_dump(VOICE))
+    busier["spec"]["sla"]["targetRequestsPerSecond"] = 15
+    apply_graph(kube, namespace, busier)
+    lowest_available: dict[str, int] = {}
+
+    def scaled_and_ready() -> bool:
+        # Traffic-safe: no step is ever left without an available replica during the change.
+        for d in kube.json("get", "deployments", "-n", namespace)["items"]:
+            name = d["metadata"]["name"]
+            available = d.get("status", {}).get("availableReplicas", 0)
+            lowest_available[name] = min(lowest_available.get(name, available), available)
+        planned = plan_of(kube, namespace, "voice-agent")
+        return (condition(kube, namespace, "voice-agent", "Planned")["observedGeneration"] == 2
+                and is_true(kube, namespace, "voice-agent", "Ready")
+                and sum(s["replicas"] for s in planned["steps"]) > sum(before.values()))
+
+    wait_for("the scaled-out plan Ready", scaled_and_ready, WAIT_READY_S)
+    after = {(s["step"], s.get("phase")): s["replicas"]
+             for s in plan_of(kube, namespace, "voice-agent")["steps"]}
+    assert any(after.get(k, 0) > n for k, n in before.items())
+    assert sorted(d["metadata"]["name"] for d in kube.json(
+        "get", "deployments", "-n", namespace)["items"]) == names  # updated in place
+    assert all(v >= 1 for v in lowest_available.values()), lowest_available
+    for d in kube.json("get", "deployments", "-n", namespace)["items"]:
+        assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
