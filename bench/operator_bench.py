@@ -111,7 +111,8 @@ def memory_kib(pid: int) -> dict[str, int]:
 def start_operator(log: Path) -> subprocess.Popen[bytes]:
     cluster.stop_operator()  # the demo's, if it runs: one leader, and it must be ours
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentgraph.controller", "--liveness", LIVENESS],
+        [sys.executable, "-m", "agentgraph.controller", "--liveness", LIVENESS,
+         "--metrics-port", "0"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, "KUBECONFIG": str(cluster.KUBECONFIG)}, start_new_session=True)
     deadline = time.monotonic() + 60

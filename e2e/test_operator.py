@@ -5,6 +5,7 @@ the graph collects everything; a restarted operator duplicates nothing."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ class Operator:
         log = self.folder / f"operator-{len(self.procs)}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentgraph.controller", "--liveness",
-             f"http://127.0.0.1:{port}/healthz"],
+             f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
             start_new_session=True)
         self.procs.append(proc)
@@ -104,6 +105,34 @@ def test_liveness_endpoint_answers(operator: Operator) -> None:
             return False
 
     wait_for("the operator's liveness endpoint", healthy, 60)
+
+
+def test_metrics_count_reconciles_and_report_each_graph(kube: Kube, operator: Operator,
+                                                        namespace: str) -> None:
+    apply_graph(kube, namespace, VOICE)
+    wait_for("Ready", lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+
+    def scraped() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """name{labels} value lines, label order aside."""
+        with urllib.request.urlopen("http://127.0.0.1:18181/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+            if m:
+                labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+                out[(m.group(1), labels)] = float(m.group(3))
+        return out
+
+    graph = frozenset({("namespace", namespace), ("graph", "voice-agent")})
+    wait_for("the graph's Ready gauge",
+             lambda: scraped().get(("agentgraph_graph_ready", graph)) == 1.0, 30)
+    seen = scraped()
+    cost = plan_of(kube, namespace, "voice-agent")["costPerHour"]
+    assert seen[("agentgraph_plan_cost_per_hour", graph)] == cost
+    assert seen[("agentgraph_reconciles_total",
+                 frozenset({("level", "FULL"), ("outcome", "planned")}))] >= 1
+    assert seen[("agentgraph_reconcile_seconds_count", frozenset({("level", "READINESS")}))] >= 1
 
 
 def test_voice_agent_reaches_ready_on_the_planned_pools(kube: Kube, operator: Operator,

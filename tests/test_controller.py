@@ -96,3 +96,26 @@ def test_a_rollout_is_complete_only_without_old_pods() -> None:
     assert _available(deployment(1, 1, 1))
     assert not _available(deployment(1, 1, 2))  # the old ReplicaSet's pod is still there
     assert not _available(deployment(1, 0, 1))
+
+
+def test_operator_config_defaults_and_errors_naming_the_field(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from agentgraph.controller.config import ConfigError, load
+
+    assert load(None).resync_seconds == 60 and load(None).keep_within == 0.10
+    good = tmp_path / "ok.yaml"
+    good.write_text("resyncSeconds: 30\nkeepWithin: 0.2\nmetricsPort: 0\n")
+    settings = load(good)
+    assert (settings.resync_seconds, settings.keep_within, settings.metrics_port) == (30, 0.2, 0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resyncSecond: 30\n")  # misspelt
+    with pytest.raises(ConfigError, match=r"bad.yaml: resyncSecond: Extra inputs"):
+        load(bad)
+    bad.write_text("resyncSeconds: 1\n")
+    with pytest.raises(ConfigError, match=r"resyncSeconds: Input should be greater than or "
+                                          r"equal to 5"):
+        load(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load(bad)

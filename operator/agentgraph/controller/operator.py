@@ -2,7 +2,7 @@
 
 The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, our Deployments), which
 kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
-  AgentGraph resume/create/spec update, HardwareProfile change, timer   -> FULL
+  AgentGraph resume/create/spec update, HardwareProfile change, the resync timer -> FULL
   Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
   one of our Deployments changing           -> READINESS (escalates to FULL on drift)
 Run: python -m agentgraph.controller
@@ -13,24 +13,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import prometheus_client
 import pydantic
 from kubernetes import client, config
 
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
+from agentgraph.controller import metrics
 from agentgraph.controller.cluster import Cluster
+from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader
 from agentgraph.controller.reconcile import World, reconcile
 from agentgraph.controller.render import LABEL_GRAPH, MANAGED_BY
 from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
-RESYNC_SECONDS = 60.0
 TERMINAL_PHASES = ("Succeeded", "Failed")
 _state: dict[str, Any] = {}
 _work = Coalescer()
@@ -167,20 +171,37 @@ def _world(kwargs: Mapping[str, Any]) -> World:
 def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
     """Reconcile one graph at ``level``, or leave it to the thread already reconciling it."""
 
+    settings: OperatorConfig = _state["config"]
+
+    def once(obj: dict[str, Any], asked: Level) -> Any:
+        started = time.perf_counter()
+        outcome = reconcile(_cluster(), obj, _world(kwargs), asked,
+                            time_limit=settings.solver_time_limit_seconds,
+                            keep_within=settings.keep_within)
+        metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
+        result = ("escalated" if outcome.escalate else
+                  "planned" if outcome.feasible else "infeasible")
+        metrics.RECONCILES.labels(asked.name, result).inc()
+        metrics.CHILD_WRITES.labels("apply").inc(len(outcome.applied))
+        metrics.CHILD_WRITES.labels("delete").inc(len(outcome.deleted))
+        if outcome.status:
+            metrics.record_graph(namespace, name, outcome.status)
+        return outcome
+
     def work(asked: Level) -> None:
         cluster = _cluster()
         obj = cluster.graph(namespace, name)
         if obj is None:
+            metrics.forget_graph(namespace, name)
             return  # deleted meanwhile: garbage collection removes its children
         try:
-            outcome = reconcile(cluster, obj, _world(kwargs), asked)
-            if outcome.escalate:
-                reconcile(cluster, cluster.graph(namespace, name) or obj, _world(kwargs),
-                          Level.FULL)
+            if once(obj, asked).escalate:
+                once(cluster.graph(namespace, name) or obj, Level.FULL)
         except client.ApiException as e:
             if e.status == 403 and "NamespaceTerminating" in str(e.body):
                 log.info("%s/%s: namespace is being deleted; nothing to do", namespace, name)
                 return
+            metrics.RECONCILES.labels(asked.name, "error").inc()
             raise
 
     _work.run((namespace, name), level, work)
@@ -193,10 +214,14 @@ def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
     _request(_namespaced(namespace), name, Level.FULL, kwargs)
 
 
-@kopf.timer(GROUP, VERSION, "agentgraphs", interval=RESYNC_SECONDS, idle=5)
 def resync(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """Level-based safety net: drift, readiness and capacity are re-read every minute."""
+    """Level-based safety net: drift, readiness and capacity are re-read every interval."""
     _request(_namespaced(namespace), name, Level.FULL, kwargs)
+
+
+def _register_timer(interval: float) -> None:
+    """The resync timer, registered at start-up with the configured interval."""
+    kopf.timer(GROUP, VERSION, "agentgraphs", interval=interval, idle=5)(resync)
 
 
 def _fingerprint(node: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -260,17 +285,33 @@ def started(**_: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="agentgraph-operator", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lease-namespace", default="default",
-                    help="namespace of the leader-election Lease (default: default)")
-    ap.add_argument("--liveness", default="http://127.0.0.1:8081/healthz",
-                    help="liveness endpoint served by the operator")
+    ap.add_argument("--config", help="settings file (YAML; the chart mounts its ConfigMap)")
+    ap.add_argument("--lease-namespace", help="namespace of the leader-election Lease "
+                    "(overrides the file; default $POD_NAMESPACE, else default)")
+    ap.add_argument("--liveness", help="liveness endpoint served by the operator (overrides "
+                    "the file; default http://0.0.0.0:8081/healthz)")
+    ap.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (overrides the "
+                    "file; default 8080, 0 turns it off)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load(args.config)
+    except (ConfigError, OSError) as e:
+        print(f"agentgraph-operator: {e}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("lease_namespace", args.lease_namespace),
+                                   ("liveness", args.liveness),
+                                   ("metrics_port", args.metrics_port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    _register_timer(settings.resync_seconds)
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    _state.update(api=api, cluster=Cluster(api), lease_namespace=args.lease_namespace)
-    kopf.run(clusterwide=True, liveness_endpoint=args.liveness)
+    _state.update(api=api, cluster=Cluster(api), config=settings,
+                  lease_namespace=settings.lease_namespace_or_default)
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port)
+    kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)
     return 0

@@ -48,6 +48,7 @@ class Outcome:
     applied: list[str] = field(default_factory=list)  # children written ("Kind/name")
     deleted: list[str] = field(default_factory=list)
     escalate: bool = False  # READINESS found something only FULL can mend
+    status: dict[str, Any] = field(default_factory=dict)  # the status as it now stands
 
 
 def _graph(obj: Obj) -> tuple[AgentGraph | None, list[str]]:
@@ -99,7 +100,7 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
 
 
 def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FULL,
-              time_limit: float = 30.0) -> Outcome:
+              time_limit: float = 30.0, keep_within: float = solve.KEEP_WITHIN) -> Outcome:
     if level is Level.READINESS:
         return _readiness(cluster, obj)
     meta = obj["metadata"]
@@ -120,7 +121,7 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
         try:
             plan = solve.plan(graph, world.profiles, capacity_units=capacity,
                               capacity_pods=pod_slots,
-                              time_limit=time_limit,
+                              time_limit=time_limit, keep_within=keep_within,
                               current=current_placement(previous, meta.get("generation")))
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
@@ -151,7 +152,7 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     new = status.build(previous, meta.get("generation"), plan, problems, ready)
     changed = _write(cluster, obj, previous, new, problems)
     return Outcome(feasible=not problems and plan is not None, ready=ready,
-                   status_written=changed, applied=written, deleted=deleted)
+                   status_written=changed, applied=written, deleted=deleted, status=new)
 
 
 def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
@@ -171,7 +172,7 @@ def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
     ready = all(_available(d) for d in deployments.values())
     new = status.with_ready(previous, ready)
     changed = _write(cluster, obj, previous, new, [])
-    return Outcome(feasible=True, ready=ready, status_written=changed)
+    return Outcome(feasible=True, ready=ready, status_written=changed, status=new)
 
 
 def _as_planned(deployment: Obj, step: Obj) -> bool:

@@ -1,0 +1,50 @@
+"""The operator's settings: a YAML file (the Helm chart renders it into a ConfigMap), every field
+optional, unknown fields rejected, so a misspelt setting stops the operator at start-up with the
+field named instead of being ignored."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydantic
+import yaml
+from pydantic import Field
+
+from agentgraph.api.common import ApiModel
+from agentgraph.api.loading import validation_lines
+from agentgraph.planner.solve import KEEP_WITHIN
+
+
+class OperatorConfig(ApiModel):
+    lease_namespace: str | None = None  # None: $POD_NAMESPACE (set by the chart), else default
+    resync_seconds: float = Field(60.0, ge=5)  # a FULL reconcile of every graph this often
+    keep_within: float = Field(KEEP_WITHIN, ge=0, le=10)  # move a running graph only to save more
+    solver_time_limit_seconds: float = Field(30.0, gt=0)
+    metrics_port: int = Field(8080, ge=0, le=65535)  # Prometheus /metrics; 0: off
+    liveness: str = "http://0.0.0.0:8081/healthz"  # where kopf serves its liveness probe
+
+    @property
+    def lease_namespace_or_default(self) -> str:
+        return self.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path: str | Path | None) -> OperatorConfig:
+    """The settings in ``path``, or the defaults when there is none. Errors name the field."""
+    if path is None:
+        return OperatorConfig()
+    text = Path(path).read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return OperatorConfig.model_validate(data)
+    except pydantic.ValidationError as e:
+        raise ConfigError("\n".join(validation_lines(str(path), e))) from e
