@@ -53,6 +53,7 @@ imports: venv
 
 crds: venv
 	$(BIN)/agentgraph crds --out crds
+	$(BIN)/agentgraph chart --out charts/agentgraph-operator
 
 check-crds: venv
 	$(BIN)/pytest -q tests/test_crds.py

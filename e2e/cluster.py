@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on 127.0.0.1, no Docker: `python e2e/cluster.py up|down|status`.
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl built from Go modules
-pinned in e2e/tools/go.mod, and kwok (simulated nodes) pinned below. Binaries are
+pinned in e2e/tools/go.mod, and kwok (simulated nodes) and helm pinned below. Binaries are
 cached in .cache/bin, so a second `up` only starts processes. Real TLS: a CA, a serving cert for
 127.0.0.1, an admin client cert, a front-proxy CA and the service-account key pair are made with
 openssl. Nodes come from hardware_profiles/: each pool gets kwok nodes carrying its labels, taints
@@ -39,6 +39,7 @@ KUBECONFIG = STATE / "kubeconfig"
 
 K8S_VERSION = "v1.34.4"  # must match e2e/tools/go.mod
 KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"  # Helm 3: what Argo CD renders charts with
 APISERVER_PORT = 6443
 ETCD_PORT = 2379
 KWOK_LABEL = "agentgraph.dev/kwok"
@@ -76,6 +77,12 @@ def build() -> None:
         log(f"building kwok {KWOK_VERSION}")
         run(["go", "install", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"],
             env={**os.environ, "GOBIN": str(BIN)})
+    if not (BIN / "helm").exists():
+        # helm's own module, no replace lines: go install builds exactly the pinned release.
+        log(f"building helm {HELM_VERSION}")
+        run(["go", "install", "-trimpath", "-ldflags",
+             f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+             f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], env={**os.environ, "GOBIN": str(BIN)})
     if not (BIN / "etcd").exists():
         # etcd 3.6, the version Kubernetes pins: Debian's 3.4 lacks RequestWatchProgress, so
         # kwok's streaming node watch keeps ending, heartbeats lapse and the node controller

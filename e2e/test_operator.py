@@ -242,6 +242,8 @@ def test_a_restarted_operator_duplicates_nothing(kube: Kube, operator: Operator,
                     for d in kube.json("get", "deployments", "-n", namespace)["items"])
     standby = operator.start(port=18082)  # a second replica must stand by, not act
     wait_for("the second replica standing by", lambda: "standing by" in operator.log(1), 30)
+    with urllib.request.urlopen("http://127.0.0.1:18082/healthz", timeout=5) as r:
+        assert r.status == 200  # a standby is alive: its liveness probe must not restart it
     looser = yaml.safe_load(yaml.safe_dump(VOICE))
     looser["spec"]["sla"]["latencySeconds"] = 6.0
     apply_graph(kube, namespace, looser)

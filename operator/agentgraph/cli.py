@@ -172,6 +172,14 @@ def cmd_crds(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_chart(args: argparse.Namespace, out: Console) -> int:
+    from agentgraph import chart
+
+    for path in chart.write(Path(args.out), Path(args.root)):
+        out.print(f"wrote {path}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
     from agentgraph import report  # matplotlib is needed here only
 
@@ -200,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     c.add_argument("--out", default="crds")
     c.set_defaults(func=cmd_crds)
+    ch = sub.add_parser("chart", help="write the Helm chart's generated files: "
+                        "values.schema.json and its copies of the CRDs and shipped profiles")
+    ch.add_argument("--out", default="charts/agentgraph-operator")
+    ch.add_argument("--root", default=".", help="repository root (hardware_profiles/ is read "
+                    "from here)")
+    ch.set_defaults(func=cmd_chart)
     r = sub.add_parser("report", help="reproduce the seed paper's evaluation")
     r.add_argument("which", choices=["paper"])
     r.add_argument("--profiles")

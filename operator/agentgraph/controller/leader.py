@@ -7,11 +7,15 @@ Lease's resourceVersion, so two replicas can never both win.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import logging
 import os
 import socket
 import threading
 import time
+import urllib.parse
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from kubernetes import client
@@ -69,11 +73,14 @@ class Leader:
 
     def acquire(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        said = False
         while not self._try():
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"lease {self.namespace}/{self.name} is held by another")
-            log.info("standing by: lease %s/%s is held by another replica", self.namespace,
-                     self.name)
+            if not said:
+                log.info("standing by: lease %s/%s is held by another replica", self.namespace,
+                         self.name)
+                said = True
             time.sleep(2)
         log.info("leading as %s", self.identity)
         threading.Thread(target=self._renew, daemon=True, name="lease-renewal").start()
@@ -103,3 +110,29 @@ class Leader:
                 self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
         except client.ApiException:
             log.warning("could not release the lease; it expires in %d s", LEASE_SECONDS)
+
+
+@contextlib.contextmanager
+def standby_health(url: str) -> Iterator[None]:
+    """Answer the liveness probe while standing by: kopf serves it only once it runs, and a
+    standby that failed its probe would be restarted over and over."""
+    parsed = urllib.parse.urlsplit(url)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == parsed.path else 404)
+            self.end_headers()
+            self.wfile.write(b"standing by\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 80),
+                                             Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="standby-health")
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()

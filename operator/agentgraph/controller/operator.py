@@ -29,7 +29,7 @@ from agentgraph.api.loading import validation_lines
 from agentgraph.controller import metrics
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
-from agentgraph.controller.leader import Leader
+from agentgraph.controller.leader import Leader, standby_health
 from agentgraph.controller.reconcile import World, reconcile
 from agentgraph.controller.render import LABEL_GRAPH, MANAGED_BY
 from agentgraph.controller.work import Coalescer, Level
@@ -65,9 +65,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
     _state["loop"] = asyncio.get_running_loop()
-    leader = Leader(_state["api"], _state["lease_namespace"])
-    await asyncio.to_thread(leader.acquire)
-    _state["leader"] = leader
 
 
 @kopf.on.cleanup()
@@ -309,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    _state.update(api=api, cluster=Cluster(api), config=settings,
-                  lease_namespace=settings.lease_namespace_or_default)
+    _state.update(api=api, cluster=Cluster(api), config=settings)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
+    leader = Leader(api, settings.lease_namespace_or_default)
+    with standby_health(settings.liveness):
+        leader.acquire()  # a standby waits here, alive, until the Lease is free
+    _state["leader"] = leader
     kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)
     return 0
