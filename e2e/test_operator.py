@@ -22,6 +22,7 @@ from conftest import Kube, wait_for
 
 WAIT_READY_S = 120.0
 WAIT_REPLAN_S = 90.0
+RESYNC_S = 5  # the shortest resync the settings allow: drift is undone within seconds
 VOICE = yaml.safe_load((EXAMPLES_DIR / "voice-agent.yaml").read_text())
 
 
@@ -48,9 +49,11 @@ class Operator:
 
     def start(self, port: int = 18081) -> subprocess.Popen[bytes]:
         log = self.folder / f"operator-{len(self.procs)}.log"
+        settings = self.folder / "config.yaml"
+        settings.write_text(f"resyncSeconds: {RESYNC_S}\n")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agentgraph.controller", "--liveness",
-             f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
+            [sys.executable, "-m", "agentgraph.controller", "--config", str(settings),
+             "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
             start_new_session=True)
         self.procs.append(proc)
@@ -296,3 +299,25 @@ def test_more_load_scales_out_without_a_gap(kube: Kube, operator: Operator,
     assert all(v >= 1 for v in lowest_available.values()), lowest_available
     for d in kube.json("get", "deployments", "-n", namespace)["items"]:
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_drift_in_a_step_is_undone(kube: Kube, operator: Operator, namespace: str) -> None:
+    """Someone edits a step's Deployment: scaling it is undone at once (its event escalates to
+    a FULL reconcile); a pod-template change by the next resync. And the graph keeps no
+    finalizer of ours, so deleting it never waits for the operator."""
+    apply_graph(kube, namespace, VOICE)
+    wait_for("Ready", lambda: is_true(kube, namespace, "voice-agent", "Ready"), WAIT_READY_S)
+    step = "voice-agent-embed"
+    wanted = kube.json("get", "deployment", step, "-n", namespace)["spec"]
+    kube("scale", "deployment", step, "-n", namespace, "--replicas=7")
+    kube("set", "image", f"deployment/{step}", "-n", namespace, "step=example.com/other:1")
+
+    def mended() -> bool:
+        spec = kube.json("get", "deployment", step, "-n", namespace)["spec"]
+        return bool(spec["replicas"] == wanted["replicas"]
+                    and spec["template"]["spec"]["containers"][0]["image"]
+                    == wanted["template"]["spec"]["containers"][0]["image"])
+
+    wait_for("the drift undone", mended, 6 * RESYNC_S)
+    graph = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", namespace)
+    assert not graph["metadata"].get("finalizers")

@@ -2,7 +2,7 @@
 
 The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, our Deployments), which
 kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
-  AgentGraph resume/create/spec update, HardwareProfile change, the resync timer -> FULL
+  AgentGraph resume/create/spec update, HardwareProfile change, the resync loop -> FULL
   Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
   one of our Deployments changing           -> READINESS (escalates to FULL on drift)
 Run: python -m agentgraph.controller
@@ -38,6 +38,7 @@ log = logging.getLogger("agentgraph.operator")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 _state: dict[str, Any] = {}
 _work = Coalescer()
+INDEXES = ("graphs", "nodes", "pods", "profiles")
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
@@ -65,10 +66,13 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
     _state["loop"] = asyncio.get_running_loop()
+    _state["resync"] = asyncio.create_task(_resync_forever(_state["config"].resync_seconds))
 
 
 @kopf.on.cleanup()
 def release(**_: Any) -> None:
+    if "resync" in _state:
+        _state["resync"].cancel()
     if "leader" in _state:
         _state["leader"].release()
 
@@ -167,6 +171,7 @@ def _world(kwargs: Mapping[str, Any]) -> World:
 
 def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
     """Reconcile one graph at ``level``, or leave it to the thread already reconciling it."""
+    _state.setdefault("indexes", {k: kwargs[k] for k in INDEXES})  # live views, for the resync
 
     settings: OperatorConfig = _state["config"]
 
@@ -211,14 +216,21 @@ def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
     _request(_namespaced(namespace), name, Level.FULL, kwargs)
 
 
-def resync(namespace: str | None, name: str, **kwargs: Any) -> None:
-    """Level-based safety net: drift, readiness and capacity are re-read every interval."""
-    _request(_namespaced(namespace), name, Level.FULL, kwargs)
-
-
-def _register_timer(interval: float) -> None:
-    """The resync timer, registered at start-up with the configured interval."""
-    kopf.timer(GROUP, VERSION, "agentgraphs", interval=interval, idle=5)(resync)
+async def _resync_forever(interval: float) -> None:
+    """Level-based safety net: drift, readiness and capacity are re-read every interval, one
+    graph after another. Not a kopf timer: kopf puts a finalizer on every object that has one,
+    and a finalizer on the user's AgentGraph would make its deletion wait for the operator
+    (and show up in Argo CD's diff)."""
+    while True:
+        await asyncio.sleep(interval)
+        indexes = _state.get("indexes")
+        if indexes is None:
+            continue  # no handler has run yet: kopf is still listing
+        for namespace, name in list(indexes["graphs"]):
+            try:
+                await asyncio.to_thread(_request, namespace, name, Level.FULL, indexes)
+            except Exception:  # one graph's failure must not stop the others' resync
+                log.exception("%s/%s: resync failed", namespace, name)
 
 
 def _fingerprint(node: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -300,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
                                    ("liveness", args.liveness),
                                    ("metrics_port", args.metrics_port)) if v is not None}
     settings = settings.model_copy(update=overrides)
-    _register_timer(settings.resync_seconds)
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:

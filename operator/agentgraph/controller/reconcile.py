@@ -1,10 +1,10 @@
-"""One level-based reconcile for create, update, resume, timers and cluster changes.
+"""One level-based reconcile for create, update, resume, the resync loop and cluster changes.
 
 FULL: snapshot -> plan (keeping the running placement unless it no longer fits or moving saves
       enough) -> render -> server-side apply of what differs -> prune -> status on change.
 READINESS: a child's status moved. Ready is recomputed from the Deployments the status plan
       names; anything unexpected there (a child missing, replicas or pool changed by someone
-      else) escalates to FULL. Pod-template drift is undone by the next FULL (the timer).
+      else) escalates to FULL. Pod-template drift is undone by the next FULL (the resync).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One reconcile per graph at a time; triggers that arrive meanwhile collapse into one more run.
 
 kopf runs sync handlers in a thread pool, and a graph is touched by its own events, by each of
-its Deployments' events, by Node events and by its timer. Without this, two threads could plan
+its Deployments' events, by Node events and by the resync loop. Without this, two threads could plan
 the same graph at once from different snapshots and apply the loser's plan last. With it, a
 burst of N events while a reconcile runs costs one extra reconcile, not N.
 """
@@ -17,7 +17,7 @@ class Level(enum.IntEnum):
     """What a trigger asks for; a pending request keeps the highest level asked."""
 
     READINESS = 1  # a child's status moved: recompute Ready from what is applied
-    FULL = 2  # spec, pools, drift or timer: snapshot -> plan -> apply -> status
+    FULL = 2  # spec, pools, drift or resync: snapshot -> plan -> apply -> status
 
 
 class Coalescer:

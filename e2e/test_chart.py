@@ -1,0 +1,217 @@
+"""The Helm chart on a real control plane: lint, deterministic rendering, a server-side dry run,
+install, the operator running with the chart's ServiceAccount identity (so its RBAC is proven
+sufficient) until an AgentGraph is Ready, upgrade, uninstall keeping the CRDs; and an AgentGraph
+applied twice server-side changes nothing (what Argo CD's diff relies on).
+
+No image runs here (kwok pods run no containers), so the operator runs as a local process that
+authenticates as the chart's ServiceAccount with a token from the TokenRequest API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from builders import EXAMPLES_DIR, ROOT
+from conftest import Kube, wait_for
+
+CHART = ROOT / "charts" / "agentgraph-operator"
+RELEASE = "agentgraph"
+NAMESPACE = "agentgraph-system"
+FULLNAME = f"{RELEASE}-agentgraph-operator"
+CRDS = ("agentgraphs.agentgraph.dev", "hardwareprofiles.agentgraph.dev")
+VOICE = yaml.safe_load((EXAMPLES_DIR / "voice-agent.yaml").read_text())
+WAIT_READY_S = 120.0
+
+
+class Helm:
+    def __init__(self, kubeconfig: str) -> None:
+        local = ROOT / ".cache" / "bin" / "helm"
+        binary = str(local) if local.exists() else shutil.which("helm")
+        if binary is None:
+            raise RuntimeError("no helm: run `make cluster` (it builds one) or install helm 3")
+        self.base = [binary, f"--kubeconfig={kubeconfig}"]
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run([*self.base, *args], text=True, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def helm() -> Helm:
+    return Helm(os.environ["KUBECONFIG"])
+
+
+def adopt(kube: Kube) -> None:
+    """CRDs and profiles applied before with kubectl (by other tests, or by hand) get the
+    ownership marks Helm checks, so the release takes them over instead of refusing."""
+    names = [f"crd/{c}" for c in CRDS if kube.attempt("get", f"crd/{c}").returncode == 0]
+    if kube.attempt("get", "crd/hardwareprofiles.agentgraph.dev").returncode == 0:
+        names += [f"hardwareprofiles.agentgraph.dev/{p['metadata']['name']}" for p in kube.json(
+            "get", "hardwareprofiles.agentgraph.dev")["items"]]
+    for name in names:
+        kube("annotate", "--overwrite", name, f"meta.helm.sh/release-name={RELEASE}",
+             f"meta.helm.sh/release-namespace={NAMESPACE}")
+        kube("label", "--overwrite", name, "app.kubernetes.io/managed-by=Helm")
+
+
+@pytest.fixture(scope="module")
+def release(kube: Kube, helm: Helm) -> Iterator[str]:
+    adopt(kube)
+    helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
+         "--set", "hardwareProfiles.builtin=true", "--wait", "--timeout", "120s")
+    yield RELEASE
+    if RELEASE in helm("list", "-n", NAMESPACE, "-q").split():
+        helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+
+
+def render(helm: Helm, *sets: str) -> str:
+    args = [a for s in sets for a in ("--set", s)]
+    return helm("template", RELEASE, str(CHART), "-n", NAMESPACE, *args)
+
+
+def test_lint_and_render_twice_identically(helm: Helm) -> None:
+    assert "0 chart(s) failed" in helm("lint", "--strict", str(CHART))
+    for sets in ((), ("hardwareProfiles.builtin=true", "metrics.serviceMonitor.enabled=true")):
+        first, second = render(helm, *sets), render(helm, *sets)
+        assert first == second
+
+
+def test_a_misspelt_value_is_refused_naming_it(helm: Helm) -> None:
+    done = subprocess.run([*helm.base, "template", RELEASE, str(CHART), "--set",
+                           "replicaCont=3"], text=True, capture_output=True, check=False)
+    assert done.returncode != 0 and "replicaCont" in done.stderr
+
+
+def test_rendered_chart_passes_a_server_side_dry_run(kube: Kube, helm: Helm) -> None:
+    kube.attempt("create", "namespace", NAMESPACE)  # dry runs need the namespace to exist
+    out = kube("apply", "--server-side", "--dry-run=server", "--force-conflicts",
+               "--field-manager=helm-dry-run", "-f", "-",
+               stdin=render(helm, "hardwareProfiles.builtin=true"))
+    for kind in ("customresourcedefinition", "deployment.apps", "clusterrole.rbac",
+                 "role.rbac", "serviceaccount", "configmap", "hardwareprofile"):
+        assert kind in out, out
+
+
+def service_account_kubeconfig(kube: Kube, folder: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token)."""
+    token = kube("create", "token", FULLNAME, "-n", NAMESPACE, "--duration=1h").strip()
+    admin = json.loads(kube("config", "view", "--raw", "--minify", "--flatten", "-o", "json"))
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+              "users": [{"name": "operator", "user": {"token": token}}],
+              "contexts": [{"name": "operator", "context": {
+                  "cluster": admin["clusters"][0]["name"], "user": "operator"}}],
+              "current-context": "operator"}
+    path = folder / "operator.kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_the_operator_as_the_charts_service_account_reaches_ready(
+        kube: Kube, release: str, namespace: str, tmp_path: Path) -> None:
+    who = service_account_kubeconfig(kube, tmp_path)
+    as_operator = Kube(str(who))
+    # The identity is the chart's ServiceAccount, and RBAC binds it, nothing more:
+    assert as_operator("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}") == \
+        f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+    assert as_operator.attempt("auth", "can-i", "delete", "nodes").stdout.strip() == "no"
+    assert as_operator.attempt("auth", "can-i", "create", "secrets").stdout.strip() == "no"
+    settings = kube("get", "configmap", FULLNAME, "-n", NAMESPACE,
+                    "-o", "jsonpath={.data.config\\.yaml}")
+    (tmp_path / "config.yaml").write_text(settings)
+    log = tmp_path / "operator.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentgraph.controller", "--config", str(tmp_path / "config.yaml"),
+         "--liveness", "http://127.0.0.1:18281/healthz", "--metrics-port", "18381"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(who), "POD_NAMESPACE": NAMESPACE})
+    graphs = namespace
+    try:
+        kube("apply", "-n", graphs, "--server-side", "--field-manager=e2e", "-f", "-",
+             stdin=yaml.safe_dump(VOICE))
+
+        def ready() -> bool:
+            obj = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", graphs)
+            return any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in obj.get("status", {}).get("conditions", []))
+
+        wait_for("voice-agent Ready under the chart's RBAC", ready, WAIT_READY_S)
+        with urllib.request.urlopen("http://127.0.0.1:18281/healthz", timeout=5) as r:
+            assert r.status == 200
+        text = log.read_text()
+        assert "Forbidden" not in text and "403" not in text, text[-3000:]
+        lease = kube.json("get", "lease", "agentgraph-operator", "-n", NAMESPACE)
+        assert lease["spec"]["holderIdentity"]  # it led from the release's namespace
+        # The operator wrote no part of the spec and added no finalizer (Argo CD would see it).
+        obj = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", graphs,
+                        "--show-managed-fields")
+        spec_writers = {m["manager"] for m in obj["metadata"]["managedFields"]
+                        if "f:spec" in m.get("fieldsV1", {})}
+        assert spec_writers == {"e2e"}
+        assert not obj["metadata"].get("finalizers")
+        for child in kube.json("get", "deployments,services", "-n", graphs)["items"]:
+            labels = child["metadata"]["labels"]
+            assert "app.kubernetes.io/instance" not in labels
+            assert not any(k.startswith("argocd.argoproj.io/") for k in labels)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_an_agentgraph_applied_twice_changes_nothing(kube: Kube, release: str,
+                                                     namespace: str) -> None:
+    """No operator runs here: the second identical server-side apply must be a no-op, and a
+    server-side diff must come back empty, as Argo CD's would."""
+    doc = yaml.safe_dump(VOICE)
+    args = ("apply", "-n", namespace, "--server-side", "--field-manager=argocd-controller",
+            "-f", "-")
+    kube(*args, stdin=doc)
+    first = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", namespace)
+    kube(*args, stdin=doc)
+    second = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", namespace)
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    diff = kube.attempt("diff", "-n", namespace, "--server-side",
+                        "--field-manager=argocd-controller", "-f", "-", stdin=doc)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_upgrade_rolls_the_new_settings(kube: Kube, helm: Helm, release: str) -> None:
+    before = kube.json("get", "deployment", FULLNAME, "-n", NAMESPACE)
+    helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--reuse-values",
+         "--set", "operator.resyncSeconds=30", "--wait", "--timeout", "120s")
+    settings = yaml.safe_load(kube("get", "configmap", FULLNAME, "-n", NAMESPACE,
+                                   "-o", "jsonpath={.data.config\\.yaml}"))
+    assert settings["resyncSeconds"] == 30
+    after = kube.json("get", "deployment", FULLNAME, "-n", NAMESPACE)
+    key = "checksum/config"
+    assert (after["spec"]["template"]["metadata"]["annotations"][key]
+            != before["spec"]["template"]["metadata"]["annotations"][key])
+    history: list[dict[str, Any]] = json.loads(helm("history", RELEASE, "-n", NAMESPACE,
+                                                    "-o", "json"))
+    assert [h["revision"] for h in history] == [1, 2]
+    for crd in CRDS:
+        kube("get", f"crd/{crd}")
+
+
+def test_uninstall_removes_the_operator_and_keeps_the_crds(kube: Kube, helm: Helm,
+                                                           release: str) -> None:
+    helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
+    assert kube.attempt("get", "deployment", FULLNAME, "-n", NAMESPACE).returncode != 0
+    assert kube.attempt("get", "clusterrole", FULLNAME).returncode != 0
+    for crd in CRDS:  # crds.keep: deleting them would delete every AgentGraph
+        kube("get", f"crd/{crd}")
+    kube("delete", "namespace", NAMESPACE, "--timeout=60s", check=False)
