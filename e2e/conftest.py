@@ -22,14 +22,20 @@ WAIT_SCHEDULED_S = 120.0
 WAIT_DELETED_S = 60.0
 
 
+def tool(name: str) -> str:
+    """The pinned binary `make cluster` built, else the one on PATH."""
+    local = ROOT / ".cache" / "bin" / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"no {name}: run `make cluster` (it builds one) or install it")
+    return found
+
+
 class Kube:
     """kubectl against $KUBECONFIG: the same calls work on the local cluster and on kind."""
 
     def __init__(self, kubeconfig: str) -> None:
-        local = ROOT / ".cache" / "bin" / "kubectl"
-        binary = str(local) if local.exists() else shutil.which("kubectl")
-        if binary is None:
-            raise RuntimeError("no kubectl: run `make cluster` (it builds one) or install it")
+        binary = tool("kubectl")
         # A discovery cache of our own: a stale ~/.kube/cache must not decide what names mean.
         cache = tempfile.mkdtemp(prefix="agentgraph-e2e-kubectl-")
         self.base = [binary, f"--kubeconfig={kubeconfig}", f"--cache-dir={cache}"]
@@ -51,8 +57,9 @@ class Kube:
 
     def apply(self, docs: list[dict[str, Any]] | str) -> str:
         text = docs if isinstance(docs, str) else "\n---\n".join(json.dumps(d) for d in docs)
-        return self("apply", "--server-side", "--field-manager=agentgraph-e2e", "-f", "-",
-                    stdin=text)
+        # --force-conflicts: the chart test leaves profiles the operator applied (its manager).
+        return self("apply", "--server-side", "--force-conflicts",
+                    "--field-manager=agentgraph-e2e", "-f", "-", stdin=text)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from builders import EXAMPLES_DIR, ROOT
-from conftest import Kube, wait_for
+from conftest import Kube, tool, wait_for
 
 CHART = ROOT / "charts" / "agentgraph-operator"
 RELEASE = "agentgraph"
@@ -37,11 +36,7 @@ WAIT_READY_S = 120.0
 
 class Helm:
     def __init__(self, kubeconfig: str) -> None:
-        local = ROOT / ".cache" / "bin" / "helm"
-        binary = str(local) if local.exists() else shutil.which("helm")
-        if binary is None:
-            raise RuntimeError("no helm: run `make cluster` (it builds one) or install helm 3")
-        self.base = [binary, f"--kubeconfig={kubeconfig}"]
+        self.base = [tool("helm"), f"--kubeconfig={kubeconfig}"]
 
     def __call__(self, *args: str) -> str:
         done = subprocess.run([*self.base, *args], text=True, capture_output=True, check=False)
@@ -56,12 +51,9 @@ def helm() -> Helm:
 
 
 def adopt(kube: Kube) -> None:
-    """CRDs and profiles applied before with kubectl (by other tests, or by hand) get the
-    ownership marks Helm checks, so the release takes them over instead of refusing."""
+    """CRDs applied before with kubectl (by other tests, or by hand) get the ownership marks
+    Helm checks, so the release takes them over instead of refusing (see README)."""
     names = [f"crd/{c}" for c in CRDS if kube.attempt("get", f"crd/{c}").returncode == 0]
-    if kube.attempt("get", "crd/hardwareprofiles.agentgraph.dev").returncode == 0:
-        names += [f"hardwareprofiles.agentgraph.dev/{p['metadata']['name']}" for p in kube.json(
-            "get", "hardwareprofiles.agentgraph.dev")["items"]]
     for name in names:
         kube("annotate", "--overwrite", name, f"meta.helm.sh/release-name={RELEASE}",
              f"meta.helm.sh/release-namespace={NAMESPACE}")
@@ -102,7 +94,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(kube: Kube, helm: Helm) -> 
                "--field-manager=helm-dry-run", "-f", "-",
                stdin=render(helm, "hardwareProfiles.builtin=true"))
     for kind in ("customresourcedefinition", "deployment.apps", "clusterrole.rbac",
-                 "role.rbac", "serviceaccount", "configmap", "hardwareprofile"):
+                 "role.rbac", "serviceaccount", "configmap"):
         assert kind in out, out
 
 
@@ -129,9 +121,14 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
         f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
     assert as_operator.attempt("auth", "can-i", "delete", "nodes").stdout.strip() == "no"
     assert as_operator.attempt("auth", "can-i", "create", "secrets").stdout.strip() == "no"
-    settings = kube("get", "configmap", FULLNAME, "-n", NAMESPACE,
-                    "-o", "jsonpath={.data.config\\.yaml}")
-    (tmp_path / "config.yaml").write_text(settings)
+    # The chart's settings and profiles, as the pod would mount them, at local paths.
+    settings = yaml.safe_load(kube("get", "configmap", FULLNAME, "-n", NAMESPACE,
+                                   "-o", "jsonpath={.data.config\\.yaml}"))
+    (tmp_path / "profiles.yaml").write_text(kube(
+        "get", "configmap", f"{FULLNAME}-profiles", "-n", NAMESPACE,
+        "-o", "jsonpath={.data.profiles\\.yaml}"))
+    settings["profilesFile"] = str(tmp_path / "profiles.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
     log = tmp_path / "operator.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentgraph.controller", "--config", str(tmp_path / "config.yaml"),
@@ -149,6 +146,10 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
                        for c in obj.get("status", {}).get("conditions", []))
 
         wait_for("voice-agent Ready under the chart's RBAC", ready, WAIT_READY_S)
+        # hardwareProfiles.builtin: the operator installed all shipped profiles, marked.
+        installed = kube.json("get", "hardwareprofiles.agentgraph.dev", "-l",
+                              "agentgraph.dev/installed-by=operator-settings")["items"]
+        assert len(installed) == len(list((ROOT / "hardware_profiles").glob("*.yaml")))
         with urllib.request.urlopen("http://127.0.0.1:18281/healthz", timeout=5) as r:
             assert r.status == 200
         text = log.read_text()

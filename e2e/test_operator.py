@@ -136,6 +136,9 @@ def test_metrics_count_reconciles_and_report_each_graph(kube: Kube, operator: Op
     assert seen[("agentgraph_reconciles_total",
                  frozenset({("level", "FULL"), ("outcome", "planned")}))] >= 1
     assert seen[("agentgraph_reconcile_seconds_count", frozenset({("level", "READINESS")}))] >= 1
+    kube("delete", "agentgraphs.agentgraph.dev", "voice-agent", "-n", namespace)
+    wait_for("the deleted graph's gauges gone",
+             lambda: ("agentgraph_graph_ready", graph) not in scraped(), 30)
 
 
 def test_voice_agent_reaches_ready_on_the_planned_pools(kube: Kube, operator: Operator,

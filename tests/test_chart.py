@@ -54,3 +54,19 @@ def test_templates_have_no_lookup_hooks_or_randomness() -> None:
         text = path.read_text()
         for word in ("lookup", "helm.sh/hook", "randAlpha", "randNumeric", "uuidv4", "now"):
             assert not re.search(rf"\b{re.escape(word)}\b", text), (path.name, word)
+
+
+def test_profiles_from_the_settings_are_marked_and_pruned_only_when_ours() -> None:
+    from agentgraph.controller import profiles
+
+    shipped = profiles.load(ROOT / "hardware_profiles" / "h100.yaml")
+    wanted = profiles.manifests(shipped)
+    assert all(m["metadata"]["labels"][profiles.LABEL_SOURCE] == profiles.SOURCE for m in wanted)
+    assert all(m["kind"] == "HardwareProfile" and m["spec"] for m in wanted)
+    installed = [
+        {"metadata": {"name": "old", "labels": {profiles.LABEL_SOURCE: profiles.SOURCE}}},
+        {"metadata": {"name": "by-hand", "labels": {}}},  # kubectl or Argo CD: never ours
+        {"metadata": {"name": wanted[0]["metadata"]["name"],
+                      "labels": {profiles.LABEL_SOURCE: profiles.SOURCE}}},
+    ]
+    assert profiles.stale(installed, [m["metadata"]["name"] for m in wanted]) == ["old"]

@@ -23,6 +23,7 @@ class OperatorConfig(ApiModel):
     solver_time_limit_seconds: float = Field(30.0, gt=0)
     metrics_port: int = Field(8080, ge=0, le=65535)  # Prometheus /metrics; 0: off
     liveness: str = "http://0.0.0.0:8081/healthz"  # where kopf serves its liveness probe
+    profiles_file: str | None = None  # HardwareProfiles (YAML) the leader installs at start-up
 
     @property
     def lease_namespace_or_default(self) -> str:

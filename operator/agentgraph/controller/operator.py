@@ -25,12 +25,13 @@ from kubernetes import client, config
 
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import validation_lines
+from agentgraph.api.loading import LoadError, validation_lines
 from agentgraph.controller import metrics
+from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
-from agentgraph.controller.reconcile import World, reconcile
+from agentgraph.controller.reconcile import Outcome, World, reconcile
 from agentgraph.controller.render import LABEL_GRAPH, MANAGED_BY
 from agentgraph.controller.work import Coalescer, Level
 
@@ -39,6 +40,7 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 _state: dict[str, Any] = {}
 _work = Coalescer()
 INDEXES = ("graphs", "nodes", "pods", "profiles")
+PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
@@ -143,6 +145,8 @@ def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]
     meta = raw.get("metadata", {})
     key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
     if key not in _profiles_seen:
+        if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
+            _profiles_seen.clear()
         try:
             _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
         except pydantic.ValidationError as e:
@@ -175,7 +179,7 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
 
     settings: OperatorConfig = _state["config"]
 
-    def once(obj: dict[str, Any], asked: Level) -> Any:
+    def once(obj: dict[str, Any], asked: Level) -> Outcome:
         started = time.perf_counter()
         outcome = reconcile(_cluster(), obj, _world(kwargs), asked,
                             time_limit=settings.solver_time_limit_seconds,
@@ -278,6 +282,13 @@ def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
         _request(namespace, graph, Level.FULL, kwargs)
 
 
+@kopf.on.event(GROUP, VERSION, "agentgraphs")
+def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    """A deleted graph's children go by garbage collection; its metrics go here."""
+    if event.get("type") == "DELETED":
+        metrics.forget_graph(_namespaced(namespace), name)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
 def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     """A step's Deployment changed (pods became available, or someone edited it)."""
@@ -320,9 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     _state.update(api=api, cluster=Cluster(api), config=settings)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
+    shipped: list[HardwareProfile] = []
+    if settings.profiles_file:
+        try:
+            shipped = installed_profiles.load(settings.profiles_file)
+        except (LoadError, OSError) as e:
+            for line in getattr(e, "lines", [str(e)]):
+                print(f"agentgraph-operator: {line}", file=sys.stderr)
+            return 2
     leader = Leader(api, settings.lease_namespace_or_default)
     with standby_health(settings.liveness):
         leader.acquire()  # a standby waits here, alive, until the Lease is free
     _state["leader"] = leader
+    if settings.profiles_file:
+        installed_profiles.install(api, shipped)
     kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)
     return 0

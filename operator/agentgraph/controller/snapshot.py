@@ -3,7 +3,7 @@ pod slots (a node's allocatable `pods`). Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentgraph.api.hardware import DeviceType, HardwareProfile
@@ -34,17 +34,11 @@ def _schedulable(node: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def free_capacity(
-    profiles: Iterable[HardwareProfile],
-    nodes: Iterable[Obj],
-    pods: Iterable[Obj],
-    graph_key: tuple[str, str],
-) -> dict[str, float]:
-    """Units each pool can still give this graph: allocatable on its Ready nodes, minus what
-    running pods of *other* workloads request there (this graph's own pods will be replaced)."""
-    nodes = list(nodes)
-    requested: dict[str, dict[str, float]] = {}
+def _requested(pods: Iterable[Obj], graph_key: tuple[str, str]) -> dict[str, dict[str, float]]:
+    """Per node, what bound, unfinished pods of *other* workloads hold: their containers'
+    requests, and one 'pods' slot each (this graph's own pods will be replaced)."""
     namespace, graph = graph_key
+    requested: dict[str, dict[str, float]] = {}
     for pod in pods:
         meta, spec = pod.get("metadata", {}), pod.get("spec", {})
         node_name = spec.get("nodeName")
@@ -54,17 +48,31 @@ def free_capacity(
         if not node_name or ours or phase in ("Succeeded", "Failed"):
             continue
         used = requested.setdefault(node_name, {})
+        used["pods"] = used.get("pods", 0.0) + 1
         for container in spec.get("containers", []):
             for name, value in container.get("resources", {}).get("requests", {}).items():
                 used[name] = used.get(name, 0.0) + parse_quantity(value)
+    return requested
+
+
+def _free(
+    profiles: Iterable[HardwareProfile],
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    graph_key: tuple[str, str],
+    resource_of: Callable[[HardwareProfile], str],
+) -> dict[str, float]:
+    """Per pool: allocatable ``resource_of(profile)`` on its Ready, schedulable nodes, minus
+    what other workloads hold there."""
+    nodes = list(nodes)
+    requested = _requested(pods, graph_key)
     out: dict[str, float] = {}
     for profile in profiles:
-        spec = profile.spec
-        resource = "cpu" if spec.device_type is DeviceType.CPU else spec.resource_name
+        resource = resource_of(profile)
         total = 0.0
         for node in nodes:
             labels = node.get("metadata", {}).get("labels", {})
-            if not _matches(labels, spec.pool.node_selector) or not _schedulable(node):
+            if not _matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
                 continue
             allocatable = node.get("status", {}).get("allocatable", {})
             have = parse_quantity(allocatable.get(resource, 0))
@@ -74,34 +82,23 @@ def free_capacity(
     return out
 
 
+def free_capacity(
+    profiles: Iterable[HardwareProfile],
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    graph_key: tuple[str, str],
+) -> dict[str, float]:
+    """Units each pool can still give this graph: devices, or cores for CPU pools."""
+    return _free(profiles, nodes, pods, graph_key,
+                 lambda p: "cpu" if p.spec.device_type is DeviceType.CPU else p.spec.resource_name)
+
+
 def free_pods(
     profiles: Iterable[HardwareProfile],
     nodes: Iterable[Obj],
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
 ) -> dict[str, float]:
-    """Pods each pool's Ready nodes can still take for this graph: allocatable ``pods`` minus
-    the bound, unfinished pods of other workloads. A node that states no pod limit adds none
-    (the kubelet's default is 110; a node object always carries it)."""
-    nodes = list(nodes)
-    namespace, graph = graph_key
-    bound: dict[str, int] = {}
-    for pod in pods:
-        meta, spec = pod.get("metadata", {}), pod.get("spec", {})
-        ours = (meta.get("namespace") == namespace
-                and meta.get("labels", {}).get(LABEL_GRAPH) == graph)
-        node_name = spec.get("nodeName")
-        if node_name and not ours and pod.get("status", {}).get("phase") not in (
-                "Succeeded", "Failed"):
-            bound[node_name] = bound.get(node_name, 0) + 1
-    out: dict[str, float] = {}
-    for profile in profiles:
-        total = 0.0
-        for node in nodes:
-            labels = node.get("metadata", {}).get("labels", {})
-            if not _matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
-                continue
-            limit = parse_quantity(node.get("status", {}).get("allocatable", {}).get("pods", 0))
-            total += max(0.0, limit - bound.get(node["metadata"]["name"], 0))
-        out[profile.name] = total
-    return out
+    """Pods each pool's nodes can still take for this graph: allocatable ``pods`` (a node object
+    always states it; the kubelet's default is 110) minus the pods bound there."""
+    return _free(profiles, nodes, pods, graph_key, lambda _: "pods")

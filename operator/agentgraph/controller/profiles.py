@@ -1,0 +1,67 @@
+"""HardwareProfiles the operator installs from its settings (the chart's values), so a release
+can ship pools without putting custom resources next to the CRDs that define them: Helm builds
+every object of a release before it creates anything, so on a first install it cannot map a
+HardwareProfile whose CRD is in the same release.
+
+The leader applies them at start-up (server-side, field manager agentgraph-operator) and deletes
+the ones it installed earlier that the settings no longer list. Profiles installed otherwise
+(kubectl, Argo CD) are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from agentgraph.api import GROUP, VERSION
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.loading import parse
+from agentgraph.controller.cluster import APPLY, FIELD_MANAGER
+
+log = logging.getLogger("agentgraph.profiles")
+LABEL_SOURCE = f"{GROUP}/installed-by"
+SOURCE = "operator-settings"
+
+
+def manifests(profiles: Iterable[HardwareProfile]) -> list[dict[str, Any]]:
+    """What to apply: each profile as written, marked as installed from the settings."""
+    out = []
+    for p in sorted(profiles, key=lambda p: p.name):
+        labels = {**p.metadata.labels, LABEL_SOURCE: SOURCE}
+        out.append({"apiVersion": f"{GROUP}/{VERSION}", "kind": "HardwareProfile",
+                    "metadata": {"name": p.name, "labels": labels},
+                    "spec": p.spec.model_dump(by_alias=True, exclude_none=True, mode="json")})
+    return out
+
+
+def stale(installed: Iterable[Mapping[str, Any]], wanted: Iterable[str]) -> list[str]:
+    """Profiles we installed before that the settings no longer list."""
+    keep = set(wanted)
+    return sorted(o["metadata"]["name"] for o in installed
+                  if o.get("metadata", {}).get("labels", {}).get(LABEL_SOURCE) == SOURCE
+                  and o["metadata"]["name"] not in keep)
+
+
+def load(path: str | Path) -> list[HardwareProfile]:
+    """The profiles in a (multi-document) YAML file; LoadError names each bad field."""
+    return parse(Path(path).read_text(), str(path)).profiles
+
+
+def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
+    custom = client.CustomObjectsApi(api)
+    wanted = manifests(profiles)
+    for manifest in wanted:
+        custom.patch_cluster_custom_object(
+            GROUP, VERSION, "hardwareprofiles", manifest["metadata"]["name"], manifest,
+            field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
+    listed = custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles",
+                                               label_selector=f"{LABEL_SOURCE}={SOURCE}")
+    items = listed.get("items", []) if isinstance(listed, dict) else []
+    for name in stale(items, (m["metadata"]["name"] for m in wanted)):
+        custom.delete_cluster_custom_object(GROUP, VERSION, "hardwareprofiles", name)
+        log.info("deleted HardwareProfile %s: no longer in the settings", name)
+    log.info("installed %d HardwareProfile(s) from the settings", len(wanted))
