@@ -1,6 +1,6 @@
 """kopf wiring: every trigger ends in reconcile(), one at a time per graph.
 
-The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, our Deployments), which
+The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, AgentGraphs), which
 kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
   AgentGraph resume/create/spec update, HardwareProfile change, the resync loop -> FULL
   Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
@@ -314,15 +314,18 @@ def main(argv: list[str] | None = None) -> int:
                     "file; default 8080, 0 turns it off)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load(args.config)
-    except (ConfigError, OSError) as e:
-        print(f"agentgraph-operator: {e}", file=sys.stderr)
-        return 2
     overrides = {k: v for k, v in (("lease_namespace", args.lease_namespace),
                                    ("liveness", args.liveness),
                                    ("metrics_port", args.metrics_port)) if v is not None}
-    settings = settings.model_copy(update=overrides)
+    try:
+        settings = OperatorConfig.model_validate({**load(args.config).model_dump(), **overrides})
+    except (ConfigError, OSError) as e:
+        print(f"agentgraph-operator: {e}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as e:
+        for line in validation_lines("command line", e):
+            print(f"agentgraph-operator: {line}", file=sys.stderr)
+        return 2
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
