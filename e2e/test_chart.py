@@ -80,6 +80,11 @@ def test_lint_and_render_twice_identically(helm: Helm) -> None:
     for sets in ((), ("hardwareProfiles.builtin=true", "metrics.serviceMonitor.enabled=true")):
         first, second = render(helm, *sets), render(helm, *sets)
         assert first == second
+    kinds = [d["kind"] for d in yaml.safe_load_all(render(helm)) if d]
+    assert kinds.count("CustomResourceDefinition") == 2
+    assert "helm.sh/resource-policy: keep" in render(helm)
+    assert "CustomResourceDefinition" not in render(helm, "crds.enabled=false")
+    assert "helm.sh/resource-policy" not in render(helm, "crds.keep=false")
 
 
 def test_a_misspelt_value_is_refused_naming_it(helm: Helm) -> None:
