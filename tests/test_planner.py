@@ -225,3 +225,24 @@ def test_pod_slots_limit_a_pool_like_its_units() -> None:
                       capacity_pods={"cheap": 2.0, "dear": 2.0})
     assert not full.feasible
     assert any("capacity:cheap/pods: needs" in r and "pods" in r for r in full.reasons)
+
+
+def test_a_cluster_with_room_plans_as_if_unbounded_and_a_full_one_does_not() -> None:
+    """The uncapped-first shortcut: with room everywhere the capped optimum is the unbounded
+    one; when a pool is short, the plan respects it (and costs more)."""
+    from agentgraph.api.loading import parse
+    from builders import EXAMPLES_DIR, shipped_profiles
+
+    graph = parse((EXAMPLES_DIR / "voice-agent.yaml").read_text(), "v").graphs[0]
+    profiles = shipped_profiles()
+    free = solve.plan(graph, profiles)
+    roomy = {p.name: 1000.0 for p in profiles}
+    with_room = solve.plan(graph, profiles, capacity_units=roomy, capacity_pods=roomy)
+    assert _placement(with_room) == _placement(free) and with_room.solver_status == "optimal"
+    decode = by_step(free)[("reason", "decode")]
+    short = {**roomy, decode.pool: decode.units_per_replica * decode.replicas - 1}
+    squeezed = solve.plan(graph, profiles, capacity_units=short, capacity_pods=roomy)
+    assert squeezed.feasible and squeezed.cost_per_hour > free.cost_per_hour
+    used = sum(a.units_per_replica * a.replicas for a in squeezed.assignments
+               if a.pool == decode.pool)
+    assert used <= short[decode.pool]

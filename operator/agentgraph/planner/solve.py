@@ -49,12 +49,16 @@ def plan(
         raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
     snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods)
     candidates.check_pools(model, snapshot)
-    options = candidates.build(model, snapshot, settings)
     sla = model.sla.latency_seconds
-    empty = diagnose.empty_slots(model, options)
-    if empty:
-        return Plan(feasible=False, sla_seconds=sla, reasons=empty)
-    result = milp.solve(model, options, snapshot, time_limit)
+    shortcut = _uncapped_first(model, snapshot, settings, time_limit, current)
+    if shortcut is not None:
+        options, result = shortcut
+    else:
+        options = candidates.build(model, snapshot, settings)
+        empty = diagnose.empty_slots(model, options)
+        if empty:
+            return Plan(feasible=False, sla_seconds=sla, reasons=empty)
+        result = milp.solve(model, options, snapshot, time_limit)
     if result.selection is None and result.status != "infeasible":
         return Plan(feasible=False, sla_seconds=sla, solver_status=result.status,
                     solve_seconds=result.seconds,
@@ -90,6 +94,35 @@ def plan(
             "alternatives": explain.alternatives(model, options, selection, ev, snapshot),
         })
     return out
+
+
+def _uncapped_first(
+    model: GraphModel,
+    snapshot: ClusterSnapshot,
+    settings: CostSettings,
+    time_limit: float,
+    current: Placement | None,
+) -> tuple[dict[str, StepOptions], milp.MilpResult] | None:
+    """Exact shortcut for a cluster with room: solve without capacity limits (no units axis in
+    the pruning, so far fewer candidates). When that optimum also fits the capacities it is
+    optimal with them too (their plans are a subset). None: solve with the capacities.
+
+    With a running placement, the shortcut also needs that placement among its candidates, so
+    that keeping it can still be weighed."""
+    if not snapshot.capacities():
+        return None
+    loose = snapshot.without_capacity()
+    options = candidates.build(model, loose, settings)
+    if diagnose.empty_slots(model, options):
+        return None
+    result = milp.solve(model, options, loose, time_limit)
+    if result.selection is None or result.status != "optimal":
+        return None
+    if not evaluate(model, options, result.selection, snapshot).feasible:
+        return None
+    if current and _current_selection(options, current) is None:
+        return None
+    return options, result
 
 
 def _current_selection(
