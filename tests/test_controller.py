@@ -119,3 +119,11 @@ def test_operator_config_defaults_and_errors_naming_the_field(tmp_path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load(bad)
+
+
+def test_largest_free_is_the_roomiest_single_node() -> None:
+    gpu = make_pool("gpu")
+    nodes = [node("a", "gpu"), node("b", "gpu")]
+    pods = [pod("a", 6), pod("b", 3)]
+    assert snapshot.free_capacity([gpu], nodes, pods, ("ns", "g")) == {"gpu": 7.0}
+    assert snapshot.largest_free([gpu], nodes, pods, ("ns", "g")) == {"gpu": 5.0}

@@ -246,3 +246,28 @@ def test_a_cluster_with_room_plans_as_if_unbounded_and_a_full_one_does_not() -> 
     used = sum(a.units_per_replica * a.replicas for a in squeezed.assignments
                if a.pool == decode.pool)
     assert used <= short[decode.pool]
+
+
+def test_a_replica_must_fit_on_one_node() -> None:
+    """Free devices spread over nodes are not one block: with at most 1 free on any B200 node,
+    no TP2 replica is planned there, and the reason says so when nothing else fits."""
+    from agentgraph.api.loading import parse
+    from builders import EXAMPLES_DIR, shipped_profiles
+
+    graph = parse((EXAMPLES_DIR / "voice-agent.yaml").read_text(), "v").graphs[0]
+    profiles = shipped_profiles()
+    free = solve.plan(graph, profiles)
+    decode = by_step(free)[("reason", "decode")]
+    assert decode.tensor_parallel >= 2
+    roomy = {p.name: 1000.0 for p in profiles}
+    blocks = {**{p.name: 8.0 for p in profiles}, decode.pool: decode.tensor_parallel - 1}
+    split = solve.plan(graph, profiles, capacity_units=roomy, capacity_pods=roomy,
+                       capacity_block=blocks)
+    assert split.feasible
+    assert all(a.units_per_replica <= blocks[a.pool] for a in split.assignments)
+    only = [p for p in profiles if p.name in {a.pool for a in free.assignments}]
+    none_fit = solve.plan(graph, only, capacity_units=roomy, capacity_pods=roomy,
+                          capacity_block={p.name: 0.5 if not p.spec.device_type == "cpu"
+                                          else 64.0 for p in only})
+    assert not none_fit.feasible
+    assert any("units on one node" in r for r in none_fit.reasons), none_fit.reasons

@@ -118,9 +118,10 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                                           (namespace, name))
         pod_slots = snapshot.free_pods(world.profiles, world.nodes, world.pods,
                                        (namespace, name))
+        block = snapshot.largest_free(world.profiles, world.nodes, world.pods, (namespace, name))
         try:
             plan = solve.plan(graph, world.profiles, capacity_units=capacity,
-                              capacity_pods=pod_slots,
+                              capacity_pods=pod_slots, capacity_block=block,
                               time_limit=time_limit, keep_within=keep_within,
                               current=current_placement(previous, meta.get("generation")))
         except PlanningError as e:

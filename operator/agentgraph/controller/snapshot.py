@@ -61,15 +61,16 @@ def _free(
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
     resource_of: Callable[[HardwareProfile], str],
+    combine: Callable[[list[float]], float] = sum,
 ) -> dict[str, float]:
     """Per pool: allocatable ``resource_of(profile)`` on its Ready, schedulable nodes, minus
-    what other workloads hold there."""
+    what other workloads hold there, combined over the nodes (summed, or the largest)."""
     nodes = list(nodes)
     requested = _requested(pods, graph_key)
     out: dict[str, float] = {}
     for profile in profiles:
         resource = resource_of(profile)
-        total = 0.0
+        free: list[float] = []
         for node in nodes:
             labels = node.get("metadata", {}).get("labels", {})
             if not _matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
@@ -77,8 +78,8 @@ def _free(
             allocatable = node.get("status", {}).get("allocatable", {})
             have = parse_quantity(allocatable.get(resource, 0))
             taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
-            total += max(0.0, have - taken)
-        out[profile.name] = total
+            free.append(max(0.0, have - taken))
+        out[profile.name] = float(combine(free)) if free else 0.0
     return out
 
 
@@ -89,8 +90,22 @@ def free_capacity(
     graph_key: tuple[str, str],
 ) -> dict[str, float]:
     """Units each pool can still give this graph: devices, or cores for CPU pools."""
-    return _free(profiles, nodes, pods, graph_key,
-                 lambda p: "cpu" if p.spec.device_type is DeviceType.CPU else p.spec.resource_name)
+    return _free(profiles, nodes, pods, graph_key, _unit_resource)
+
+
+def largest_free(
+    profiles: Iterable[HardwareProfile],
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    graph_key: tuple[str, str],
+) -> dict[str, float]:
+    """Per pool, the most units free on any one of its nodes: one replica's devices (or cores)
+    must all come from one node, so a TP4 replica needs a node with 4 free devices."""
+    return _free(profiles, nodes, pods, graph_key, _unit_resource, max)
+
+
+def _unit_resource(profile: HardwareProfile) -> str:
+    return "cpu" if profile.spec.device_type is DeviceType.CPU else profile.spec.resource_name
 
 
 def free_pods(

@@ -54,6 +54,7 @@ class Pool:
     network_efficiency: float
     capacity_units: float | None = None  # None: unbounded
     capacity_pods: float | None = None  # pods its nodes can still take; None: unbounded
+    capacity_block: float | None = None  # most units free on any one node: a replica's limit
 
     @property
     def units_per_device(self) -> float:

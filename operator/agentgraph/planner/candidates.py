@@ -168,7 +168,15 @@ def build(
                 found = model.estimate(step, phase, pool, settings)
                 opts.rejected.extend(found.rejected)
                 for est in found.options:
+                    if not fits_one_node(est.units, pool.capacity_block):
+                        continue
                     options.append(_price(est, rate, visits, cap))
+                if found.options and all(not fits_one_node(e.units, pool.capacity_block)
+                                         for e in found.options):
+                    opts.rejected.append(
+                        f"{phase} on {pool_name}: a replica needs at least "
+                        f"{min(e.units for e in found.options):.4g} units on one node; the "
+                        f"most free on any node is {pool.capacity_block:.4g}")
             options = _within_token_limits(opts, phase, options)
             opts.slots[phase] = _prune(options, capped) if prune else options
         if opts.is_llm:
@@ -200,6 +208,11 @@ def _transfers(
                     per_hour = rate * 3600 if rate else 1.0
                     out[(src, dst)] = Transfer(src, dst, t, t.cost_per_request * per_hour * visits)
     return out
+
+
+def fits_one_node(units: float, block: float | None) -> bool:
+    """A replica's devices (or cores) all come from one node."""
+    return block is None or units <= block * (1 + 1e-9) + 1e-12
 
 
 def _by_pool(options: list[Option]) -> dict[str, list[Option]]:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agentgraph.costs.base import Phase
-from agentgraph.planner.candidates import Option, StepOptions, Transfer
+from agentgraph.planner.candidates import Option, StepOptions, Transfer, fits_one_node
 from agentgraph.planner.graph import GraphModel
 from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 
@@ -55,6 +55,11 @@ def evaluate(
     for name, opts in options.items():
         chosen = {phase: selection[(name, phase)] for phase in opts.slots}
         for option in chosen.values():
+            block = snapshot.pool(option.pool).capacity_block
+            if not fits_one_node(option.estimate.units, block):
+                violations.append(f"capacity:{option.pool}: a replica of {name} needs "
+                                  f"{option.estimate.units:.4g} units on one node, the most "
+                                  f"free is {block:.4g}")
             objective += option.objective
             for key, amount in option.held:
                 usage[key] = usage.get(key, 0.0) + amount

@@ -23,8 +23,8 @@ class ClusterSnapshot:
 
     def without_capacity(self) -> ClusterSnapshot:
         """The same pools, unbounded: to tell 'too small' apart from 'impossible'."""
-        return ClusterSnapshot(tuple(replace(p, capacity_units=None, capacity_pods=None)
-                                     for p in self.pools))
+        return ClusterSnapshot(tuple(replace(p, capacity_units=None, capacity_pods=None,
+                                             capacity_block=None) for p in self.pools))
 
     def capacities(self) -> dict[str, float]:
         """Every limited capacity, by key: '<pool>' in units (devices, or cores for CPU pools),
@@ -47,11 +47,14 @@ class ClusterSnapshot:
         settings: CostSettings,
         capacity_units: Mapping[str, float] | None = None,
         capacity_pods: Mapping[str, float] | None = None,
+        capacity_block: Mapping[str, float] | None = None,
     ) -> ClusterSnapshot:
         """Pools from profiles. Capacity (devices, or cores for CPU pools) comes from
         ``capacity_units`` when given (the operator counts live Nodes), else from the profile's
         ``pool.nodes``; neither means unbounded. ``capacity_pods`` (the operator counts the
-        nodes' free pod slots) limits the replicas a pool can take; absent, they are unbounded."""
+        nodes' free pod slots) limits the replicas a pool can take; absent, they are unbounded.
+        ``capacity_block`` is the most units free on any one node of a pool: a replica (its
+        devices, or its cores) must fit on one node."""
         pools = []
         for profile in sorted(profiles, key=lambda p: p.name):
             pool = Pool.from_profile(profile, settings)
@@ -62,5 +65,7 @@ class ClusterSnapshot:
                 devices = profile.spec.pool.nodes * profile.spec.pool.devices_per_node
                 capacity = devices * pool.units_per_device
             pods = None if capacity_pods is None else capacity_pods.get(profile.name, 0.0)
-            pools.append(replace(pool, capacity_units=capacity, capacity_pods=pods))
+            block = None if capacity_block is None else capacity_block.get(profile.name, 0.0)
+            pools.append(replace(pool, capacity_units=capacity, capacity_pods=pods,
+                                 capacity_block=block))
         return ClusterSnapshot(tuple(pools))

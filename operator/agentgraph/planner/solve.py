@@ -31,6 +31,7 @@ def plan(
     settings: CostSettings | None = None,
     capacity_units: Mapping[str, float] | None = None,
     capacity_pods: Mapping[str, float] | None = None,
+    capacity_block: Mapping[str, float] | None = None,
     with_explanation: bool = False,
     time_limit: float = 60.0,
     current: Placement | None = None,
@@ -47,7 +48,8 @@ def plan(
     model = graph_model.build(graph)
     if not profiles:
         raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
-    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods)
+    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods,
+                                             capacity_block)
     candidates.check_pools(model, snapshot)
     sla = model.sla.latency_seconds
     shortcut = _uncapped_first(model, snapshot, settings, time_limit, current)
