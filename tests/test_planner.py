@@ -267,7 +267,7 @@ def test_a_replica_must_fit_on_one_node() -> None:
     assert all(a.units_per_replica <= blocks[a.pool] for a in split.assignments)
     only = [p for p in profiles if p.name in {a.pool for a in free.assignments}]
     none_fit = solve.plan(graph, only, capacity_units=roomy, capacity_pods=roomy,
-                          capacity_block={p.name: 0.5 if not p.spec.device_type == "cpu"
+                          capacity_block={p.name: 0.5 if p.spec.device_type != "cpu"
                                           else 64.0 for p in only})
     assert not none_fit.feasible
     assert any("units on one node" in r for r in none_fit.reasons), none_fit.reasons
