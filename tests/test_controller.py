@@ -127,3 +127,26 @@ def test_largest_free_is_the_roomiest_single_node() -> None:
     pods = [pod("a", 6), pod("b", 3)]
     assert snapshot.free_capacity([gpu], nodes, pods, ("ns", "g")) == {"gpu": 7.0}
     assert snapshot.largest_free([gpu], nodes, pods, ("ns", "g")) == {"gpu": 5.0}
+
+
+def test_other_graphs_pods_not_yet_bound_take_from_their_pool() -> None:
+    """Graphs planned at the same moment must not all see the same free room."""
+    gpu = make_pool("gpu")
+    nodes = [node("a", "gpu")]
+    waiting = pod("", 2, namespace="ns2", graph="other")
+    waiting["spec"]["nodeName"] = None
+    waiting["metadata"]["labels"]["agentgraph.dev/pool"] = "gpu"
+    mine = pod("", 4, namespace="ns", graph="g")
+    mine["spec"]["nodeName"] = None
+    mine["metadata"]["labels"]["agentgraph.dev/pool"] = "gpu"
+    stranger = pod("", 1)  # not ours and not bound: nobody knows where it goes
+    stranger["spec"]["nodeName"] = None
+    for p in (waiting, mine, stranger):
+        p["status"]["phase"] = "Pending"
+    free = snapshot.free_capacity([gpu], nodes, [waiting, mine, stranger], ("ns", "g"))
+    assert free == {"gpu": 6.0}
+    nodes[0]["status"]["allocatable"]["pods"] = "10"
+    assert snapshot.free_pods([gpu], nodes, [waiting, mine, stranger], ("ns", "g")) == \
+        {"gpu": 9.0}
+    # One node's largest block is what is bound there: the waiting pod has no node yet.
+    assert snapshot.largest_free([gpu], nodes, [waiting], ("ns", "g")) == {"gpu": 8.0}

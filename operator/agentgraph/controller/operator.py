@@ -32,7 +32,7 @@ from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
 from agentgraph.controller.reconcile import Outcome, World, reconcile
-from agentgraph.controller.render import LABEL_GRAPH, MANAGED_BY
+from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL, MANAGED_BY
 from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
@@ -107,16 +107,18 @@ def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
 @kopf.index("", "v1", "pods")
 def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
          status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Pods that hold resources on a node: bound and not finished."""
+    """Pods that hold resources on a node (bound and not finished), and our step pods that are
+    not bound yet (they will take their pool's resources)."""
     namespace = _namespaced(namespace)
     node = spec.get("nodeName")
-    if not node or status.get("phase") in TERMINAL_PHASES:
+    pool = labels.get(LABEL_POOL)
+    if (not node and not pool) or status.get("phase") in TERMINAL_PHASES:
         return {}
     containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
                   for c in spec.get("containers", [])]
-    graph = labels.get(LABEL_GRAPH)
+    kept = {k: v for k, v in ((LABEL_GRAPH, labels.get(LABEL_GRAPH)), (LABEL_POOL, pool)) if v}
     return {(namespace, name): {
-        "metadata": {"namespace": namespace, "labels": {LABEL_GRAPH: graph} if graph else {}},
+        "metadata": {"namespace": namespace, "labels": kept},
         "spec": {"nodeName": node, "containers": containers},
         "status": {"phase": status.get("phase")}}}
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentgraph.api.hardware import DeviceType, HardwareProfile
-from agentgraph.controller.render import LABEL_GRAPH
+from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL
 
 Obj = Mapping[str, Any]
 
@@ -34,25 +34,32 @@ def _schedulable(node: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _requested(pods: Iterable[Obj], graph_key: tuple[str, str]) -> dict[str, dict[str, float]]:
-    """Per node, what bound, unfinished pods of *other* workloads hold: their containers'
-    requests, and one 'pods' slot each (this graph's own pods will be replaced)."""
+def _requested(pods: Iterable[Obj], graph_key: tuple[str, str],
+               ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """What unfinished pods of *other* workloads hold (this graph's own pods will be
+    replaced): their containers' requests and one 'pods' slot each. Bound pods per node; our
+    other graphs' pods that are not bound yet per pool (their label), since they will take
+    that pool's room: without them, graphs planned at the same moment all see the same free
+    room and crowd into it."""
     namespace, graph = graph_key
-    requested: dict[str, dict[str, float]] = {}
+    by_node: dict[str, dict[str, float]] = {}
+    by_pool: dict[str, dict[str, float]] = {}
     for pod in pods:
         meta, spec = pod.get("metadata", {}), pod.get("spec", {})
+        labels = meta.get("labels", {})
         node_name = spec.get("nodeName")
+        pool = labels.get(LABEL_POOL)
         phase = pod.get("status", {}).get("phase")
-        ours = (meta.get("namespace") == namespace
-                and meta.get("labels", {}).get(LABEL_GRAPH) == graph)
-        if not node_name or ours or phase in ("Succeeded", "Failed"):
+        ours = meta.get("namespace") == namespace and labels.get(LABEL_GRAPH) == graph
+        if ours or phase in ("Succeeded", "Failed") or not (node_name or pool):
             continue
-        used = requested.setdefault(node_name, {})
+        used = (by_node.setdefault(node_name, {}) if node_name
+                else by_pool.setdefault(pool, {}))
         used["pods"] = used.get("pods", 0.0) + 1
         for container in spec.get("containers", []):
             for name, value in container.get("resources", {}).get("requests", {}).items():
                 used[name] = used.get(name, 0.0) + parse_quantity(value)
-    return requested
+    return by_node, by_pool
 
 
 def _free(
@@ -66,7 +73,7 @@ def _free(
     """Per pool: allocatable ``resource_of(profile)`` on its Ready, schedulable nodes, minus
     what other workloads hold there, combined over the nodes (summed, or the largest)."""
     nodes = list(nodes)
-    requested = _requested(pods, graph_key)
+    requested, pending = _requested(pods, graph_key)
     out: dict[str, float] = {}
     for profile in profiles:
         resource = resource_of(profile)
@@ -79,7 +86,10 @@ def _free(
             have = parse_quantity(allocatable.get(resource, 0))
             taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
             free.append(max(0.0, have - taken))
-        out[profile.name] = float(combine(free)) if free else 0.0
+        total = float(combine(free)) if free else 0.0
+        if combine is sum:  # not yet bound: it takes from the pool, no telling which node
+            total = max(0.0, total - pending.get(profile.name, {}).get(resource, 0.0))
+        out[profile.name] = total
     return out
 
 
