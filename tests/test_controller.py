@@ -150,3 +150,6 @@ def test_other_graphs_pods_not_yet_bound_take_from_their_pool() -> None:
         {"gpu": 9.0}
     # One node's largest block is what is bound there: the waiting pod has no node yet.
     assert snapshot.largest_free([gpu], nodes, [waiting], ("ns", "g")) == {"gpu": 8.0}
+    # ...except in the pools the graph already runs on: there only bound pods count.
+    assert snapshot.free_capacity([gpu], nodes, [waiting], ("ns", "g"),
+                                  frozenset({"gpu"})) == {"gpu": 8.0}

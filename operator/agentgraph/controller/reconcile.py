@@ -114,16 +114,18 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     if graph is not None:
         for line in world.bad_profiles:
             log.warning("skipping invalid profile: %s", line)
+        current = current_placement(previous, meta.get("generation"))
+        placed = frozenset(pool for pool, *_ in (current or {}).values())
         capacity = snapshot.free_capacity(world.profiles, world.nodes, world.pods,
-                                          (namespace, name))
+                                          (namespace, name), placed)
         pod_slots = snapshot.free_pods(world.profiles, world.nodes, world.pods,
-                                       (namespace, name))
+                                       (namespace, name), placed)
         block = snapshot.largest_free(world.profiles, world.nodes, world.pods, (namespace, name))
         try:
             plan = solve.plan(graph, world.profiles, capacity_units=capacity,
                               capacity_pods=pod_slots, capacity_block=block,
                               time_limit=time_limit, keep_within=keep_within,
-                              current=current_placement(previous, meta.get("generation")))
+                              current=current)
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
         if plan is not None and not plan.feasible:

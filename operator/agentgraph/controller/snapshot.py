@@ -69,6 +69,7 @@ def _free(
     graph_key: tuple[str, str],
     resource_of: Callable[[HardwareProfile], str],
     combine: Callable[[list[float]], float] = sum,
+    placed: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """Per pool: allocatable ``resource_of(profile)`` on its Ready, schedulable nodes, minus
     what other workloads hold there, combined over the nodes (summed, or the largest)."""
@@ -87,7 +88,10 @@ def _free(
             taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
             free.append(max(0.0, have - taken))
         total = float(combine(free)) if free else 0.0
-        if combine is sum:  # not yet bound: it takes from the pool, no telling which node
+        # Pods not yet bound take from their pool (no telling which node), except in the pools
+        # this graph already runs on: there only bound pods count, so a graph that is placed
+        # stays placed while a crowd of newcomers waits, instead of everyone moving at once.
+        if combine is sum and profile.name not in placed:
             total = max(0.0, total - pending.get(profile.name, {}).get(resource, 0.0))
         out[profile.name] = total
     return out
@@ -98,9 +102,11 @@ def free_capacity(
     nodes: Iterable[Obj],
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
+    placed: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
-    """Units each pool can still give this graph: devices, or cores for CPU pools."""
-    return _free(profiles, nodes, pods, graph_key, _unit_resource)
+    """Units each pool can still give this graph: devices, or cores for CPU pools. ``placed``:
+    the pools the graph runs on now."""
+    return _free(profiles, nodes, pods, graph_key, _unit_resource, placed=placed)
 
 
 def largest_free(
@@ -123,7 +129,8 @@ def free_pods(
     nodes: Iterable[Obj],
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
+    placed: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """Pods each pool's nodes can still take for this graph: allocatable ``pods`` (a node object
     always states it; the kubelet's default is 110) minus the pods bound there."""
-    return _free(profiles, nodes, pods, graph_key, lambda _: "pods")
+    return _free(profiles, nodes, pods, graph_key, lambda _: "pods", placed=placed)
