@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         one = one_graph(args.runs)
         many = many_graphs(args.graphs, operator)
     finally:
+        for namespace in ("bench-one", "bench-many"):  # a failed run leaves nothing behind
+            cluster.run([str(cluster.BIN / "kubectl"), f"--kubeconfig={cluster.KUBECONFIG}",
+                         "delete", "namespace", namespace, "--ignore-not-found",
+                         "--wait=false"], capture_output=True)
         if operator is not None and operator.poll() is None:
             os.killpg(operator.pid, signal.SIGTERM)
             operator.wait(timeout=30)
