@@ -127,7 +127,7 @@ def test_readiness_follows_the_deployments_without_replanning(cluster: FakeClust
     assert cluster.writes == ["status"]
     assert cluster.graph_obj["status"]["plan"] == plan_before
     assert ("Ready", "every step has all its replicas available") in cluster.events
-    assert rc._condition(cluster.graph_obj["status"], "Ready") == "True"
+    assert status.condition_status(cluster.graph_obj["status"], "Ready") == "True"
 
 
 def test_drift_escalates_and_full_mends_only_the_drifted_child(cluster: FakeCluster) -> None:

@@ -8,6 +8,8 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from agentgraph.controller.status import condition_status
+
 RECONCILES = Counter("agentgraph_reconciles", "Reconciles run, by level and outcome",
                      ["level", "outcome"])
 RECONCILE_SECONDS = Histogram("agentgraph_reconcile_seconds", "Time per reconcile, by level",
@@ -27,12 +29,9 @@ PER_GRAPH = (COST, LATENCY, READY, FEASIBLE)
 
 def record_graph(namespace: str, graph: str, status: dict[str, object]) -> None:
     plan = status.get("plan")
-    conditions = status.get("conditions")
-    values = {c.get("type"): c.get("status") == "True"
-              for c in (conditions if isinstance(conditions, list) else [])
-              if isinstance(c, dict)}
-    READY.labels(namespace, graph).set(1 if values.get("Ready") else 0)
-    FEASIBLE.labels(namespace, graph).set(1 if values.get("Planned") else 0)
+    READY.labels(namespace, graph).set(1 if condition_status(status, "Ready") == "True" else 0)
+    FEASIBLE.labels(namespace, graph).set(
+        1 if condition_status(status, "Planned") == "True" else 0)
     if isinstance(plan, dict):
         if isinstance(plan.get("costPerHour"), (int, float)):
             COST.labels(namespace, graph).set(float(plan["costPerHour"]))

@@ -26,20 +26,21 @@ from kubernetes import client, config
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
-from agentgraph.controller import metrics
+from agentgraph.controller import metrics, snapshot
 from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
 from agentgraph.controller.reconcile import Outcome, World, reconcile
 from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL, MANAGED_BY
+from agentgraph.controller.status import condition_status
 from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
-TERMINAL_PHASES = ("Succeeded", "Failed")
 _state: dict[str, Any] = {}
 _work = Coalescer()
 INDEXES = ("graphs", "nodes", "pods", "profiles")
+NO_WORLD = World(profiles=())
 PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
@@ -88,8 +89,7 @@ def graphs(namespace: str | None, name: str, status: kopf.Status,
            **_: Any) -> dict[tuple[str, str], frozenset[str] | None]:
     """Each graph and the pools its running plan uses (None while it has no plan)."""
     namespace = _namespaced(namespace)
-    planned = any(c.get("type") == "Planned" and c.get("status") == "True"
-                  for c in status.get("conditions", []))
+    planned = condition_status(status, "Planned") == "True"
     pools = status.get("plan", {}).get("pools")
     return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
 
@@ -112,7 +112,7 @@ def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
     namespace = _namespaced(namespace)
     node = spec.get("nodeName")
     pool = labels.get(LABEL_POOL)
-    if (not node and not pool) or status.get("phase") in TERMINAL_PHASES:
+    if (not node and not pool) or status.get("phase") in snapshot.TERMINAL_PHASES:
         return {}
     containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
                   for c in spec.get("containers", [])]
@@ -183,7 +183,9 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
 
     def once(obj: dict[str, Any], asked: Level) -> Outcome:
         started = time.perf_counter()
-        outcome = reconcile(_cluster(), obj, _world(kwargs), asked,
+        # READINESS plans nothing: the most frequent trigger copies no index.
+        world = _world(kwargs) if asked is Level.FULL else NO_WORLD
+        outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
                             keep_within=settings.keep_within)
         metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
@@ -249,8 +251,7 @@ def _fingerprint(node: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _pools_of(labels: Mapping[str, str], known: list[HardwareProfile]) -> set[str]:
-    return {p.name for p in known
-            if all(labels.get(k) == v for k, v in p.spec.pool.node_selector.items())}
+    return {p.name for p in known if snapshot.matches(labels, p.spec.pool.node_selector)}
 
 
 @kopf.on.event("", "v1", "nodes")

@@ -88,7 +88,7 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
     plan = previous.get("plan")
     if not plan or previous.get("observedGeneration") != generation:
         return None
-    if _condition(previous, "Planned") != "True":
+    if status.condition_status(previous, "Planned") != "True":
         return None
     try:
         return {(s["step"], s.get("phase") or "run"):
@@ -164,7 +164,7 @@ def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
     previous = obj.get("status") or {}
     plan = previous.get("plan")
     if (not plan or previous.get("observedGeneration") != meta.get("generation")
-            or _condition(previous, "Planned") != "True"):
+            or status.condition_status(previous, "Planned") != "True"):
         return Outcome(feasible=False, ready=False, status_written=False, escalate=True)
     deployments = {c["metadata"]["name"]: c for c in cluster.children(namespace, name)
                    if c["kind"] == "Deployment"}
@@ -195,11 +195,6 @@ def _write(cluster: Cluster, obj: Obj, previous: Obj, new: dict[str, Any],
     return True
 
 
-def _condition(st: Obj, type_: str) -> str | None:
-    return next((c.get("status") for c in st.get("conditions", []) if c.get("type") == type_),
-                None)
-
-
 def _placed(st: Obj) -> Any:
     """The placement a status reports, without the solver's wording."""
     plan = st.get("plan")
@@ -220,7 +215,7 @@ def moves(before: Obj, after: Obj) -> list[str]:
 
 
 def _events(cluster: Cluster, obj: Obj, previous: Obj, new: Obj, problems: list[str]) -> None:
-    if problems and (_condition(previous, "Infeasible") != "True"
+    if problems and (status.condition_status(previous, "Infeasible") != "True"
                      or previous.get("observedGeneration") != new.get("observedGeneration")):
         cluster.event(obj, "Warning", "Infeasible", "; ".join(sorted(problems)))
     elif not problems and _placed(new) != _placed(previous):
@@ -235,5 +230,6 @@ def _events(cluster: Cluster, obj: Obj, previous: Obj, new: Obj, problems: list[
         if moved:
             log.info("%s/%s: replanned: %s", obj["metadata"]["namespace"],
                      obj["metadata"]["name"], "; ".join(moved))
-    if _condition(new, "Ready") == "True" and _condition(previous, "Ready") != "True":
+    if (status.condition_status(new, "Ready") == "True"
+            and status.condition_status(previous, "Ready") != "True"):
         cluster.event(obj, "Normal", "Ready", "every step has all its replicas available")

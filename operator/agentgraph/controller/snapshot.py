@@ -10,6 +10,7 @@ from agentgraph.api.hardware import DeviceType, HardwareProfile
 from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL
 
 Obj = Mapping[str, Any]
+TERMINAL_PHASES = ("Succeeded", "Failed")  # finished pods hold nothing
 
 
 def parse_quantity(value: str | int | float) -> float:
@@ -23,7 +24,7 @@ def parse_quantity(value: str | int | float) -> float:
     return float(text)
 
 
-def _matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
@@ -51,7 +52,7 @@ def _requested(pods: Iterable[Obj], graph_key: tuple[str, str],
         pool = labels.get(LABEL_POOL)
         phase = pod.get("status", {}).get("phase")
         ours = meta.get("namespace") == namespace and labels.get(LABEL_GRAPH) == graph
-        if ours or phase in ("Succeeded", "Failed") or not (node_name or pool):
+        if ours or phase in TERMINAL_PHASES or not (node_name or pool):
             continue
         used = (by_node.setdefault(node_name, {}) if node_name
                 else by_pool.setdefault(pool, {}))
@@ -81,7 +82,7 @@ def _free(
         free: list[float] = []
         for node in nodes:
             labels = node.get("metadata", {}).get("labels", {})
-            if not _matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
+            if not matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
                 continue
             allocatable = node.get("status", {}).get("allocatable", {})
             have = parse_quantity(allocatable.get(resource, 0))

@@ -31,6 +31,13 @@ def condition(type_: str, status: bool, reason: str, message: str, generation: i
             "observedGeneration": generation, "lastTransitionTime": since}
 
 
+def condition_status(st: Mapping[str, Any], type_: str) -> str | None:
+    """The status ("True"/"False") of condition ``type_`` in a status, or None without it."""
+    conditions = st.get("conditions")
+    return next((c.get("status") for c in (conditions if isinstance(conditions, list) else [])
+                 if isinstance(c, Mapping) and c.get("type") == type_), None)
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     """Status is for people and printer columns: 4 significant digits, not 16."""
     return None if value is None else float(f"{value:.{digits}g}")
