@@ -63,12 +63,13 @@ def llm(name: str, deps: list[str] | None = None, model: dict[str, Any] | None =
 
 def make_graph(steps: list[dict[str, Any]], *, sla: float = 10.0, rate: float | None = None,
                loops: list[dict[str, Any]] | None = None, name: str = "g",
-               **sla_extra: Any) -> AgentGraph:
+               runtime: dict[str, Any] | None = None, **sla_extra: Any) -> AgentGraph:
     sla_doc: dict[str, Any] = {"latencySeconds": sla, **sla_extra}
     if rate is not None:
         sla_doc["targetRequestsPerSecond"] = rate
     return AgentGraph.model_validate({
         "apiVersion": "agentgraph.dev/v1alpha1", "kind": "AgentGraph",
         "metadata": {"name": name},
-        "spec": {"steps": steps, "loops": loops or [], "sla": sla_doc},
+        "spec": {"steps": steps, "loops": loops or [], "sla": sla_doc,
+                 "runtime": runtime or {}},
     })

@@ -1,4 +1,5 @@
-"""agentgraph: validate and plan agent graphs, generate CRDs, reproduce the paper.
+"""agentgraph: validate and plan agent graphs, generate CRDs, reproduce the paper, and run a
+graph's gateway and step workers.
 
 Exit codes: 0 ok; 1 valid input but no feasible plan; 2 invalid input or usage.
 """
@@ -11,19 +12,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
-from rich.console import Console
-from rich.table import Table
-
-from agentgraph.api import crdgen
 from agentgraph.api.hardware import CostBasis, HardwareProfile
 from agentgraph.api.loading import Documents, LoadError, parse
-from agentgraph.api.plan import Plan
-from agentgraph.costs.base import CostSettings
-from agentgraph.planner import graph as graph_model
-from agentgraph.planner import solve
 from agentgraph.planner.errors import PlanningError
+
+if TYPE_CHECKING:  # imported where used: the runtime's commands need none of them
+    from rich.console import Console
+
+    from agentgraph.api.plan import Plan
 
 EXIT_INFEASIBLE = 1
 EXIT_INVALID = 2
@@ -81,6 +79,8 @@ def resolve(file: str, profiles_dir: str | None) -> tuple[Documents, list[Hardwa
 
 
 def cmd_validate(args: argparse.Namespace, out: Console) -> int:
+    from agentgraph.planner import graph as graph_model
+
     docs = _read(args.file)
     for g in docs.graphs:
         model = graph_model.build(g)
@@ -92,6 +92,11 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
+    import yaml
+
+    from agentgraph.costs.base import CostSettings
+    from agentgraph.planner import solve
+
     docs, profiles = resolve(args.file, args.profiles)
     settings = CostSettings(cost_basis=CostBasis(args.cost_basis) if args.cost_basis else None)
     result = solve.plan(docs.graphs[0], profiles, settings, with_explanation=args.explain,
@@ -117,6 +122,8 @@ def _money(value: float | None) -> str:
 
 
 def print_plan(name: str, plan: Plan, out: Console) -> None:
+    from rich.table import Table
+
     if not plan.feasible:
         out.print(f"[bold red]{name}: no feasible plan[/]")
         for reason in plan.reasons:
@@ -163,6 +170,10 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
 
 
 def cmd_crds(args: argparse.Namespace, out: Console) -> int:
+    import yaml
+
+    from agentgraph.api import crdgen
+
     target = Path(args.out)
     target.mkdir(parents=True, exist_ok=True)
     for name, doc in crdgen.all_crds().items():
@@ -219,16 +230,27 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profiles")
     r.add_argument("--out", default="reports")
     r.set_defaults(func=cmd_report)
+    from agentgraph.runtime import commands
+
+    commands.add_parsers(sub)
     return p
+
+
+RUNTIME_COMMANDS = ("worker", "gateway", "loadgen")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in RUNTIME_COMMANDS:
+        code: int = args.func(args)
+        return code
+    from rich.console import Console
+
     to_stderr = args.command == "plan" and args.output != "table"
     stream = sys.stderr if to_stderr else sys.stdout
     out = Console(stderr=to_stderr, width=None if stream.isatty() else 160)
     try:
-        code: int = args.func(args, out)
+        code = args.func(args, out)
         return code
     except LoadError as e:
         for line in e.lines:

@@ -33,6 +33,11 @@ RULES: dict[str, list[Schema]] = {
         {"rule": "!has(self.costModel) || self.costModel != 'table' || has(self.table)",
          "message": "costModel 'table' needs a 'table' block"},
     ],
+    "StepRuntime": [{"rule": "!has(self.retries) || self.retries == 0 || "
+                            "(has(self.idempotent) && self.idempotent)",
+                     "message": "retries need idempotent: true (a retried call may run twice)"}],
+    "AgentGraphSpec": [{"rule": "self.steps.all(s, s.name != 'gateway')",
+                        "message": "step name 'gateway' is reserved for the graph's gateway"}],
     "Loop": [{"rule": "self.maxIterations >= self.expectedIterations",
               "message": "maxIterations must be at least expectedIterations"}],
     "ModelShape": [{"rule": "self.kvHeads <= self.heads",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, HttpUrl, model_validator
 
 from agentgraph.api.common import ApiModel, Fraction, Name, ObjectMeta, PositiveFloat
+from agentgraph.api.naming import GATEWAY
 
 MAX_STEPS = 512
 DTYPE_BYTES = (0.5, 1.0, 2.0, 4.0)
@@ -71,6 +72,14 @@ class ModelShape(ApiModel):
         return self
 
 
+class LLMServer(ApiModel):
+    """An OpenAI-compatible server (vLLM, SGLang, TGI) that runs the model: the step's workers
+    then adapt the step contract to ``/v1/chat/completions`` instead of emulating the model."""
+
+    url: HttpUrl  # base URL, e.g. http://vllm.llm.svc:8000/v1
+    model: str = Field(min_length=1, max_length=256)  # the served model name
+
+
 class LLMWorkload(ApiModel):
     model: ModelShape
     input_tokens: int = Field(ge=1, le=1_048_576)
@@ -82,6 +91,7 @@ class LLMWorkload(ApiModel):
     disaggregation: Literal["auto", "colocated"] = "auto"
     prefill: PoolConstraints | None = None
     decode: PoolConstraints | None = None
+    server: LLMServer | None = None  # absent: the workers emulate the model (no GPU needed)
 
 
 class SmallModelWorkload(ApiModel):
@@ -94,6 +104,11 @@ class SmallModelWorkload(ApiModel):
     static_latency_seconds: float = Field(default=0.0, ge=0)
 
 
+class ConfigMapKey(ApiModel):
+    name: Name
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class VectorSearchWorkload(ApiModel):
     vectors: int = Field(ge=1)
     dimensions: int = Field(ge=1, le=65536)
@@ -102,6 +117,10 @@ class VectorSearchWorkload(ApiModel):
     queries_per_request: int = Field(default=1, ge=1)
     static_latency_seconds: float = Field(default=0.0005, ge=0)
     accelerated: bool = False  # may run on accelerators (GPU index)
+    top_k: int = Field(default=3, ge=1, le=100)  # documents a query returns
+    # JSON lines {"id", "text"} the worker embeds and indexes at start-up; absent: the corpus
+    # shipped with the worker. Passed as an environment variable: keep it under ~100 KB.
+    corpus: ConfigMapKey | None = None
 
 
 class ToolWorkload(ApiModel):
@@ -111,6 +130,10 @@ class ToolWorkload(ApiModel):
     cpu_cores: PositiveFloat = 0.25
     memory_gb: PositiveFloat = 0.5
     concurrency: int = Field(default=32, ge=1)
+    # The call the worker makes: the step's inputs go out as JSON, the answer is the step's
+    # output. Absent: the worker emulates the call by waiting latencySeconds.
+    url: HttpUrl | None = None
+    method: Literal["GET", "POST"] = "POST"
 
 
 class ComputeWorkload(ApiModel):
@@ -160,6 +183,24 @@ class Container(ApiModel):
     port: int = Field(default=8080, ge=1, le=65535)
 
 
+class StepRuntime(ApiModel):
+    """How the gateway calls the step."""
+
+    # Safe to call twice with the same inputs: only then does the gateway retry a step that
+    # failed after the request reached it (a request that never reached a pod is always
+    # retried on another one).
+    idempotent: bool = False
+    retries: int = Field(default=0, ge=0, le=5)
+    timeout_seconds: PositiveFloat | None = None  # cap per call; else the SLA budget left
+    emulate: bool | None = None  # None: spec.runtime.emulate
+
+    @model_validator(mode="after")
+    def _retries_need_idempotence(self) -> StepRuntime:
+        if self.retries and not self.idempotent:
+            raise ValueError("retries need idempotent: true (a retried call may run twice)")
+        return self
+
+
 class Step(ApiModel):
     name: Name
     kind: StepKind
@@ -168,6 +209,7 @@ class Step(ApiModel):
     table: TableModel | None = None
     constraints: PoolConstraints | None = None
     container: Container | None = None
+    runtime: StepRuntime | None = None
     llm: LLMWorkload | None = None
     embedding: SmallModelWorkload | None = None
     vector_search: VectorSearchWorkload | None = None
@@ -234,11 +276,32 @@ class Planning(ApiModel):
     max_utilisation: Fraction = 0.7  # replicas are sized so no step runs hotter than this
 
 
+class GraphRuntime(ApiModel):
+    """How the graph runs: the gateway's limits, and emulation for clusters without the models."""
+
+    # Every reference worker emulates its step's time from the cost model of its pool, instead
+    # of running the real model, index, call or CPU work (LLM, speech steps: always emulated
+    # unless the step names a server).
+    emulate: bool = False
+    request_timeout_seconds: PositiveFloat | None = None  # absent: twice sla.latencySeconds
+    max_in_flight: int = Field(default=512, ge=1, le=100_000)  # the gateway answers 503 past it
+    gateway_replicas: int | None = Field(default=None, ge=1, le=64)  # absent: from the rate
+
+
 class AgentGraphSpec(ApiModel):
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     loops: list[Loop] = Field(default_factory=list, max_length=64)
     sla: SLA
     planning: Planning = Field(default_factory=Planning)
+    runtime: GraphRuntime = Field(default_factory=GraphRuntime)
+
+    @model_validator(mode="after")
+    def _reserved_names(self) -> AgentGraphSpec:
+        for i, step in enumerate(self.steps):
+            if step.name == GATEWAY:
+                raise ValueError(f"steps[{i}].name: '{GATEWAY}' is reserved for the graph's "
+                                 "gateway; rename the step")
+        return self
 
 
 class AgentGraph(ApiModel):

@@ -1,0 +1,97 @@
+"""`agentgraph worker`, `agentgraph gateway` and `agentgraph loadgen`: the runtime's entry points
+(one image, one entry point per role; the step kind comes from the worker's configuration)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pydantic
+
+from agentgraph.api.runtime import GATEWAY_PORT, HTTP_PORT, METRICS_PORT, WORKER_CONFIG_ENV
+from agentgraph.api.runtime import WorkerConfig as Config
+
+LISTEN_ENV = "AGENTGRAPH_LISTEN_HOST"  # the address to bind; default all interfaces
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    w = sub.add_parser("worker", help="run one step phase's reference worker (in a step pod)")
+    w.add_argument("--kind", help="the step kind; checked against the configuration")
+    w.add_argument("--phase", help="run, prefill or decode; checked against the configuration")
+    w.add_argument("--config", help=f"WorkerConfig JSON file (default: ${WORKER_CONFIG_ENV})")
+    w.add_argument("--host", default=None, help=f"address to listen on (default ${LISTEN_ENV}, "
+                   "else 0.0.0.0)")
+    w.add_argument("--port", type=int, default=HTTP_PORT)
+    w.add_argument("--metrics-port", type=int, default=METRICS_PORT)
+    w.set_defaults(func=worker)
+    g = sub.add_parser("gateway", help="run an AgentGraph's gateway")
+    g.add_argument("--graph", help="the AgentGraph (in a cluster: its ConfigMap and pods are "
+                   "watched)")
+    g.add_argument("--namespace", help="default $POD_NAMESPACE, else the service account's")
+    g.add_argument("--config", help="a RuntimeGraph JSON file instead of the cluster (tests, "
+                   "benchmarks)")
+    g.add_argument("--endpoint", action="append", default=[], metavar="STEP[/PHASE]=HOST:PORT",
+                   help="fixed endpoints with --config (repeat; comma-separate replicas)")
+    g.add_argument("--host", default=None)
+    g.add_argument("--port", type=int, default=GATEWAY_PORT)
+    g.add_argument("--metrics-port", type=int, default=METRICS_PORT)
+    g.set_defaults(func=gateway)
+
+
+def _host(args: argparse.Namespace) -> str:
+    return str(args.host or os.environ.get(LISTEN_ENV) or "0.0.0.0")
+
+
+def load_worker_config(path: str | None) -> Config:
+    raw = Path(path).read_text() if path else os.environ.get(WORKER_CONFIG_ENV)
+    if not raw:
+        raise ValueError(f"no worker configuration: set ${WORKER_CONFIG_ENV} or pass --config")
+    return Config.model_validate_json(raw)
+
+
+def worker(args: argparse.Namespace) -> int:
+    _logging()
+    try:
+        config = load_worker_config(args.config)
+    except (ValueError, OSError, pydantic.ValidationError) as e:
+        print(f"agentgraph worker: {e}", file=sys.stderr)
+        return 2
+    for flag, value in (("--kind", config.kind.value), ("--phase", config.phase)):
+        given = getattr(args, flag[2:])
+        if given is not None and given != value:
+            print(f"agentgraph worker: {flag} {given} disagrees with the configuration "
+                  f"({value})", file=sys.stderr)
+            return 2
+    from agentgraph.runtime import http, steps
+    from agentgraph.runtime import worker as serving
+
+    backend = steps.backend(config, args.port)
+    logging.getLogger("agentgraph.worker").info(
+        "%s %s/%s (%s) on pool %s: %s", "EMULATOR" if backend.mode == "emulator" else "worker",
+        config.step, config.phase, config.kind.value, config.pool,
+        "time from the cost model" if backend.mode == "emulator" else "real work")
+    http.run(lambda: serving.serve(config, backend, _host(args), args.port,
+                                   args.metrics_port))
+    return 0
+
+
+def gateway(args: argparse.Namespace) -> int:
+    _logging()
+    from agentgraph.runtime import gateway as gw
+    from agentgraph.runtime import http
+
+    if args.config is None and args.graph is None:
+        print("agentgraph gateway: give --graph NAME (in a cluster) or --config FILE",
+              file=sys.stderr)
+        return 2
+    http.run(lambda: gw.serve(_host(args), args.port, args.metrics_port, args.graph,
+                              args.namespace, args.config, args.endpoint))
+    return 0
