@@ -43,15 +43,20 @@ class FakeCluster:
     def graph(self, namespace: str, name: str) -> Obj:
         return copy.deepcopy(self.graph_obj)
 
-    def children(self, namespace: str, graph: str) -> list[Obj]:
-        return [copy.deepcopy(o) for o in self.objects.values()]
+    def children(self, namespace: str, graph: str,
+                 kinds: tuple[str, ...] | None = None) -> list[Obj]:
+        return [copy.deepcopy(o) for (kind, _), o in self.objects.items()
+                if kinds is None or kind in kinds]
 
     def apply(self, manifest: Obj) -> Obj:
         key = (manifest["kind"], manifest["metadata"]["name"])
         old = self.objects.get(key)
         stored = _drop_empty(copy.deepcopy(manifest))
+        def body(o: Obj) -> Obj:
+            return {k: v for k, v in o.items() if k not in ("metadata", "status")}
+
         generation = 1 if old is None else old["metadata"]["generation"] + (
-            old["spec"] != stored["spec"])
+            body(old) != body(stored))
         stored["metadata"]["generation"] = generation
         stored["status"] = old.get("status", {}) if old else {}
         self.objects[key] = stored
@@ -109,7 +114,9 @@ def test_an_unchanged_plan_rewrites_nothing(cluster: FakeCluster) -> None:
     w = world()
     first = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), w)  # type: ignore[arg-type]
     assert first.feasible and not first.ready and first.status_written
-    assert len(first.applied) == len(cluster.objects) == 14  # 7 step phases x (Deployment, Service)
+    # 7 step phases x (Deployment, Service); the gateway's Deployment, Service,
+    # ServiceAccount, Role and RoleBinding; the runtime ConfigMap
+    assert len(first.applied) == len(cluster.objects) == 14 + 6
     cluster.writes.clear()
     again = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), w)  # type: ignore[arg-type]
     assert again.applied == [] and again.deleted == [] and not again.status_written

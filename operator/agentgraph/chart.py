@@ -34,6 +34,14 @@ class Image(Values):
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
+class RuntimeImage(Image):
+    repository: str = "ghcr.io/agentgraph/agentgraph-runtime"
+
+
+class Runtime(Values):
+    image: RuntimeImage = Field(default_factory=RuntimeImage)
+
+
 class Crds(Values):
     enabled: bool = True  # install and upgrade the CRDs with the release
     keep: bool = True  # helm uninstall leaves them (and so every AgentGraph) in place
@@ -81,6 +89,7 @@ class ChartValues(Values):
     crds: Crds = Field(default_factory=Crds)
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    runtime: Runtime = Field(default_factory=Runtime)
     metrics: Metrics = Field(default_factory=Metrics)
     hardware_profiles: HardwareProfiles = Field(default_factory=HardwareProfiles)
     resources: KubeObject = Field(default_factory=dict)

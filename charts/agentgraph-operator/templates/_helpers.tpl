@@ -22,6 +22,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- define "agentgraph.runtimeImage" -}}
+{{- if .Values.runtime.image.digest -}}
+{{- printf "%s@%s" .Values.runtime.image.repository .Values.runtime.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.runtime.image.repository (default .Chart.AppVersion .Values.runtime.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "agentgraph.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}

@@ -15,11 +15,28 @@ FIELD_MANAGER = "agentgraph-operator"
 APPLY = "application/apply-patch+yaml"
 
 
+# Every kind of child, in the order prune deletes them (the gateway's pods before its access).
+CHILD_KINDS: dict[str, tuple[str, str, str]] = {
+    # kind: (apiVersion, API object, the kubernetes client's resource name)
+    "Deployment": ("apps/v1", "apps", "deployment"),
+    "Service": ("v1", "core", "service"),
+    "ConfigMap": ("v1", "core", "config_map"),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", "rbac", "role_binding"),
+    "Role": ("rbac.authorization.k8s.io/v1", "rbac", "role"),
+    "ServiceAccount": ("v1", "core", "service_account"),
+}
+
+
 class Cluster:
     def __init__(self, api: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+
+    def _api(self, kind: str) -> tuple[Any, str]:
+        _, group, resource = CHILD_KINDS[kind]
+        return {"apps": self.apps, "core": self.core, "rbac": self.rbac}[group], resource
 
     # reads -------------------------------------------------------------------------------
     def graph(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -32,43 +49,35 @@ class Cluster:
             raise
         return obj if isinstance(obj, dict) else None
 
-    def children(self, namespace: str, graph: str) -> list[dict[str, Any]]:
+    def children(self, namespace: str, graph: str,
+                 kinds: tuple[str, ...] = tuple(CHILD_KINDS)) -> list[dict[str, Any]]:
         selector = f"{render.LABEL_GRAPH}={graph},app.kubernetes.io/managed-by=agentgraph"
         out = []
-        for api_version, kind, items in (
-            ("apps/v1", "Deployment", self.apps.list_namespaced_deployment(
-                namespace, label_selector=selector).items),
-            ("v1", "Service", self.core.list_namespaced_service(
-                namespace, label_selector=selector).items),
-        ):
+        for kind in kinds:
+            api, resource = self._api(kind)
+            items = getattr(api, f"list_namespaced_{resource}")(
+                namespace, label_selector=selector).items
             for item in items:  # list items carry neither apiVersion nor kind
                 obj = self.core.api_client.sanitize_for_serialization(item)
-                obj.update(apiVersion=api_version, kind=kind)
+                obj.update(apiVersion=CHILD_KINDS[kind][0], kind=kind)
                 out.append(obj)
         return out
 
     # writes ------------------------------------------------------------------------------
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
-        result: object
-        if manifest["kind"] == "Deployment":
-            result = self.apps.patch_namespaced_deployment(
-                meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER,
-                force=True, _content_type=APPLY)
-        else:
-            result = self.core.patch_namespaced_service(
-                meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER,
-                force=True, _content_type=APPLY)
+        api, resource = self._api(manifest["kind"])
+        result = getattr(api, f"patch_namespaced_{resource}")(
+            meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER, force=True,
+            _content_type=APPLY)
         out: dict[str, Any] = self.core.api_client.sanitize_for_serialization(result)
         out["kind"] = manifest["kind"]
         return out
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
+        api, resource = self._api(kind)
         try:
-            if kind == "Deployment":
-                self.apps.delete_namespaced_deployment(name, namespace)
-            else:
-                self.core.delete_namespaced_service(name, namespace)
+            getattr(api, f"delete_namespaced_{resource}")(name, namespace)
         except client.ApiException as e:
             if e.status != 404:
                 raise

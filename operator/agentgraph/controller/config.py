@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import yaml
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from agentgraph.api.common import ApiModel
 from agentgraph.api.loading import validation_lines
+from agentgraph.controller.render import RUNTIME_IMAGE, RuntimeSettings
 from agentgraph.planner.solve import KEEP_WITHIN
 
 
@@ -24,6 +26,14 @@ class OperatorConfig(ApiModel):
     metrics_port: int = Field(8080, ge=0, le=65535)  # Prometheus /metrics; 0: off
     liveness: str = "http://0.0.0.0:8081/healthz"  # where kopf serves its liveness probe
     profiles_file: str | None = None  # HardwareProfiles (YAML) the leader installs at start-up
+    # The image step pods and gateways run (`agentgraph worker`, `agentgraph gateway`).
+    runtime_image: str = Field(RUNTIME_IMAGE, min_length=1)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return RuntimeSettings(image=self.runtime_image,
+                               image_pull_policy=self.image_pull_policy)
 
     @property
     def lease_namespace_or_default(self) -> str:

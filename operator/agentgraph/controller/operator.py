@@ -26,13 +26,13 @@ from kubernetes import client, config
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
+from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL, MANAGED_BY
 from agentgraph.controller import metrics, snapshot
 from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
 from agentgraph.controller.reconcile import Outcome, World, reconcile
-from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL, MANAGED_BY
 from agentgraph.controller.status import condition_status
 from agentgraph.controller.work import Coalescer, Level
 
@@ -187,7 +187,7 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         world = _world(kwargs) if asked is Level.FULL else NO_WORLD
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
-                            keep_within=settings.keep_within)
+                            keep_within=settings.keep_within, runtime=settings.runtime)
         metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
         result = ("escalated" if outcome.escalate else
                   "planned" if outcome.feasible else "infeasible")

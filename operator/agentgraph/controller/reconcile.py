@@ -21,7 +21,7 @@ from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
 from agentgraph.api.plan import Plan
 from agentgraph.controller import render, snapshot, status
-from agentgraph.controller.cluster import Cluster
+from agentgraph.controller.cluster import CHILD_KINDS, Cluster
 from agentgraph.controller.work import Level
 from agentgraph.planner import solve
 from agentgraph.planner.errors import PlanningError
@@ -100,7 +100,8 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
 
 
 def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FULL,
-              time_limit: float = 30.0, keep_within: float = solve.KEEP_WITHIN) -> Outcome:
+              time_limit: float = 30.0, keep_within: float = solve.KEEP_WITHIN,
+              runtime: render.RuntimeSettings | None = None) -> Outcome:
     if level is Level.READINESS:
         return _readiness(cluster, obj)
     meta = obj["metadata"]
@@ -132,7 +133,7 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
             problems = list(plan.reasons)
         if plan is not None and plan.feasible:
             wanted = render.render(graph, plan, {p.name: p for p in world.profiles}, namespace,
-                                   meta["uid"])
+                                   meta["uid"], runtime)
             live = {(c["kind"], c["metadata"]["name"]): c
                     for c in cluster.children(namespace, name)}
             applied = []
@@ -144,8 +145,10 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                     continue
                 applied.append(cluster.apply(manifest))
                 written.append("/".join(key))
+            order = {kind: i for i, kind in enumerate(CHILD_KINDS)}
             for kind, child in sorted(set(live) - {(m["kind"], m["metadata"]["name"])
-                                                   for m in wanted}):
+                                                   for m in wanted},
+                                      key=lambda kc: (order.get(kc[0], 99), kc[1])):
                 cluster.delete(kind, namespace, child)  # after the new ones exist: no gap
                 deleted.append(f"{kind}/{child}")
             ready = all(_available(d) for d in applied if d["kind"] == "Deployment")
@@ -166,8 +169,8 @@ def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
     if (not plan or previous.get("observedGeneration") != meta.get("generation")
             or status.condition_status(previous, "Planned") != "True"):
         return Outcome(feasible=False, ready=False, status_written=False, escalate=True)
-    deployments = {c["metadata"]["name"]: c for c in cluster.children(namespace, name)
-                   if c["kind"] == "Deployment"}
+    deployments = {c["metadata"]["name"]: c
+                   for c in cluster.children(namespace, name, ("Deployment",))}
     for step in plan.get("steps", []):
         d = deployments.get(render.object_name(name, step["step"], step.get("phase")))
         if d is None or not _as_planned(d, step):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentgraph.api.hardware import DeviceType, HardwareProfile
-from agentgraph.controller.render import LABEL_GRAPH, LABEL_POOL
+from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
 
 Obj = Mapping[str, Any]
 TERMINAL_PHASES = ("Succeeded", "Failed")  # finished pods hold nothing
