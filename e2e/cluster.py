@@ -12,6 +12,7 @@ stops exactly those processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ STATE = CACHE / "cluster"
 PKI = STATE / "pki"
 LOGS = STATE / "logs"
 PIDS = STATE / "pids"
+PODS = STATE / "pods"  # the pod runner's processes: their logs, tokens and PIDs
 KUBECONFIG = STATE / "kubeconfig"
 
 K8S_VERSION = "v1.34.4"  # must match e2e/tools/go.mod
@@ -43,6 +45,8 @@ HELM_VERSION = "v3.22.0"  # Helm 3: what Argo CD renders charts with
 APISERVER_PORT = 6443
 ETCD_PORT = 2379
 KWOK_LABEL = "agentgraph.dev/kwok"
+POD_CIDR = "127.1.0.0/16"
+COMPONENT = "agentgraph.dev/component"  # on the operator's pods: the pod runner runs them
 NODE_LEASE_SECONDS = 40  # what a kubelet uses; kwok renews at a quarter of it
 READY_TIMEOUT_S = 60.0
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -145,16 +149,35 @@ def kubeconfig() -> None:
 # ---------------------------------------------------------------- processes
 
 
-def _pids() -> dict[str, int]:
-    return json.loads(PIDS.read_text()) if PIDS.exists() else {}
-
-
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot, from /proc): with the PID it names one
+    process, so a PID the system gave to someone else since is never signalled."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+Proc = tuple[int, int | None]  # pid, start time
+
+
+def _pids() -> dict[str, Proc]:
+    raw = json.loads(PIDS.read_text()) if PIDS.exists() else {}
+    return {name: (v, None) if isinstance(v, int) else (int(v[0]), v[1])
+            for name, v in raw.items()}
+
+
+def _alive(proc: Proc) -> bool:
+    pid, started = proc
+    now = _start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+def _kill(proc: Proc, sig: int) -> None:
+    if _alive(proc):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc[0], sig)
 
 
 def _start(name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -165,7 +188,7 @@ def _start(name: str, cmd: list[str], env: dict[str, str] | None = None) -> None
     out = (LOGS / f"{name}.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env=env)
-    pids[name] = proc.pid
+    pids[name] = (proc.pid, _start_time(proc.pid))
     PIDS.write_text(json.dumps(pids))
 
 
@@ -256,12 +279,17 @@ def start() -> None:
     _start("kwok", [str(BIN / "kwok"), f"--kubeconfig={KUBECONFIG}", f"--config={kwok_config()}",
                     "--manage-all-nodes=false",
                     f"--manage-nodes-with-label-selector={KWOK_LABEL}=true",
-                    "--server-address=127.0.0.1:10247", "--cidr=10.244.0.0/16",
+                    # Pod IPs in 127.0.0.0/8, all loopback on Linux: the pod runner's processes
+                    # listen on them, and Prometheus's pod discovery reaches them there.
+                    "--server-address=127.0.0.1:10247", f"--cidr={POD_CIDR}",
                     "--node-ip=127.0.0.1",
                     # Without it kwok renews no Lease: the node controller marks every node
                     # NotReady after its grace period (and their pods not Ready, which kwok
                     # never undoes) until node-initialize makes them Ready again, every ~55 s.
                     f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}"])
+    _start("pod-runner", [sys.executable, str(ROOT / "e2e" / "podrunner.py"),
+                          f"--kubeconfig={KUBECONFIG}", f"--state={PODS}",
+                          f"--agentgraph={Path(sys.executable).parent / 'agentgraph'}"])
 
 
 # Accelerator pools want bin packing: the default scoring (LeastAllocated) spreads replicas, so
@@ -298,17 +326,57 @@ KWOK_STAGES = ("node/fast", "node/heartbeat-with-lease", "pod/fast")
 
 
 def kwok_config() -> Path:
+    """kwok's shipped Stages, except that its pod-ready Stage leaves the operator's pods alone:
+    for those, our pod-start Stage gives an IP and Running but not Ready, and the pod runner
+    makes them Ready once their process answers its readiness probe."""
     found = run(["go", "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"],
                 capture_output=True, cwd=STATE)
     module = Path(json.loads(found.stdout)["Dir"])
-    docs = []
+    docs: list[Any] = []
     for stage in KWOK_STAGES:
         for path in sorted((module / "kustomize" / "stage" / stage).glob("*.yaml")):
             if path.name != "kustomization.yaml":
-                docs.append(path.read_text())
+                docs.append(yaml.safe_load(path.read_text()))
+    ours = {"key": f'.metadata.labels["{COMPONENT}"]'}
+    for doc in docs:
+        if doc["metadata"]["name"] == "pod-ready":
+            doc["spec"]["selector"]["matchExpressions"].append({**ours,
+                                                                "operator": "DoesNotExist"})
+    docs.append(pod_start_stage(ours))
     target = STATE / "kwok.yaml"
-    target.write_text("\n---\n".join(docs))
+    target.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return target
+
+
+def pod_start_stage(ours: dict[str, str]) -> dict[str, Any]:
+    """An operator pod once bound: an IP from kwok's pool, Running, its container started but
+    not ready (the pod runner decides readiness, from the process)."""
+    template = "\n".join([
+        "{{ $now := Now }}",
+        "conditions:",
+        *(f"- {{type: {t}, status: \"{s}\", lastTransitionTime: {{{{ $now | Quote }}}}}}"
+          for t, s in (("Initialized", "True"), ("Ready", "False"),
+                       ("ContainersReady", "False"))),
+        "containerStatuses:",
+        "{{ range .spec.containers }}",
+        "- {name: {{ .name | Quote }}, image: {{ .image | Quote }}, ready: false, "
+        "restartCount: 0, started: false, state: {waiting: {reason: ContainerCreating}}}",
+        "{{ end }}",
+        "hostIP: {{ NodeIPWith .spec.nodeName | Quote }}",
+        "podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) "
+        "( or .metadata.uid \"\" ) ( or .metadata.name \"\" ) "
+        "( or .metadata.namespace \"\" ) | Quote }}",
+        "phase: Running",
+        "startTime: {{ $now | Quote }}",
+    ])
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage",
+            "metadata": {"name": "agentgraph-pod-start"},
+            "spec": {"resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                     "selector": {"matchExpressions": [
+                         {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                         {"key": ".status.podIP", "operator": "DoesNotExist"},
+                         {**ours, "operator": "Exists"}]},
+                     "next": {"statusTemplate": template}}}
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
@@ -389,34 +457,48 @@ def up() -> None:
     log(f"up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}")
 
 
-def _stop(pids: dict[str, int]) -> None:
+def _stop(pids: dict[str, Proc]) -> None:
     """SIGTERM each process group (last started first), SIGKILL what is left after 20 s."""
     for name in reversed(list(pids)):
-        if _alive(pids[name]):
-            os.killpg(pids[name], signal.SIGTERM)
+        _kill(pids[name], signal.SIGTERM)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_alive(p) for p in pids.values()):
         time.sleep(0.2)
-    for name, pid in pids.items():
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-            log(f"{name} ({pid}) did not stop on SIGTERM: killed")
+    for name, proc in pids.items():
+        if _alive(proc):
+            _kill(proc, signal.SIGKILL)
+            log(f"{name} ({proc[0]}) did not stop on SIGTERM: killed")
+
+
+def _reap_pods() -> int:
+    """Pod processes a pod runner that died without cleaning up left behind."""
+    table = PODS / "processes.json"
+    if not table.exists():
+        return 0
+    left = {k: (int(v[0]), v[1]) for k, v in json.loads(table.read_text()).items()}
+    for proc in left.values():
+        _kill(proc, signal.SIGKILL)
+    table.unlink()
+    return sum(1 for p in left.values() if p[1] is not None)
 
 
 def down() -> None:
     pids = _pids()
     _stop(pids)
+    reaped = _reap_pods()
     PIDS.unlink(missing_ok=True)
     shutil.rmtree(STATE / "etcd", ignore_errors=True)
-    log(f"stopped {len(pids)} processes")
+    shutil.rmtree(PODS, ignore_errors=True)
+    log(f"stopped {len(pids)} processes" + (f" and {reaped} left by the pod runner"
+                                            if reaped else ""))
 
 
 def stop_operator() -> None:
     """Stop a demo operator, so the e2e suite's own operator can take the Lease."""
     pids = _pids()
-    pid = pids.pop("operator", None)
-    if pid is not None and _alive(pid):
-        _stop({"operator": pid})
+    proc = pids.pop("operator", None)
+    if proc is not None and _alive(proc):
+        _stop({"operator": proc})
         log("stopped the demo operator")
     PIDS.write_text(json.dumps(pids))
 
@@ -461,8 +543,8 @@ def kind_up() -> None:
 
 def status() -> int:
     pids = _pids()
-    for name, pid in pids.items():
-        print(f"{name:26s} pid {pid:<8d} {'running' if _alive(pid) else 'DEAD'}")
+    for name, proc in pids.items():
+        print(f"{name:26s} pid {proc[0]:<8d} {'running' if _alive(proc) else 'DEAD'}")
     return 0 if pids and all(_alive(p) for p in pids.values()) else 1
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -90,3 +93,95 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     yield name
     # Wait until it is gone: its pods hold devices, and the next test plans on what is free.
     kube("delete", "namespace", name, f"--timeout={WAIT_DELETED_S:.0f}s", check=False)
+
+
+RESYNC_S = 5  # the shortest resync the settings allow: drift is undone within seconds
+
+
+class Operator:
+    """`python -m agentgraph.controller` as a process: start, kill, restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def log(self, index: int) -> str:
+        return (self.folder / f"operator-{index}.log").read_text()
+
+    def start(self, port: int = 18081) -> subprocess.Popen[bytes]:
+        log = self.folder / f"operator-{len(self.procs)}.log"
+        settings = self.folder / "config.yaml"
+        settings.write_text(f"resyncSeconds: {RESYNC_S}\n")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentgraph.controller", "--config", str(settings),
+             "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+            start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+def install_crds_and_profiles(kube: Kube) -> None:
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        kube.apply(path.read_text())
+    for crd in ("agentgraphs.agentgraph.dev", "hardwareprofiles.agentgraph.dev"):
+        kube("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+    for path in sorted((ROOT / "hardware_profiles").glob("*.yaml")):
+        kube.apply(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator for one test module (each module's operator takes the Lease in turn)."""
+    install_crds_and_profiles(kube)
+    op = Operator(tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop_all()
+
+
+@contextlib.contextmanager
+def reach(kube: Kube, namespace: str, pod: dict[str, Any], port: int) -> Iterator[str]:
+    """A base URL for ``port`` of ``pod``: its IP on the local cluster, where every pod IP is a
+    loopback address this process can open; a `kubectl port-forward` elsewhere (kind)."""
+    ip = pod.get("status", {}).get("podIP", "")
+    if ip.startswith("127."):
+        yield f"http://{ip}:{port}"
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        local = sock.getsockname()[1]
+    forward = subprocess.Popen([*kube.base, "port-forward", "-n", namespace,
+                                f"pod/{pod['metadata']['name']}", f"{local}:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("the port-forward", lambda: _open(local), 20)
+        yield f"http://127.0.0.1:{local}"
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def _open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def host_address_for_pods() -> str:
+    """Where a pod reaches a server this test starts: loopback on the local cluster (pods are
+    processes here); on kind set AGENTGRAPH_E2E_HOST_ADDRESS to the Docker network's gateway."""
+    return os.environ.get("AGENTGRAPH_E2E_HOST_ADDRESS", "127.0.0.1")

@@ -8,17 +8,8 @@ import yaml
 from agentgraph.api.loading import parse
 from agentgraph.controller import render
 from agentgraph.planner import solve
-from builders import EXAMPLES_DIR, ROOT, shipped_profiles
-from conftest import WAIT_DELETED_S, WAIT_SCHEDULED_S, Kube, wait_for
-
-
-def install_crds_and_profiles(kube: Kube) -> None:
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        kube.apply(path.read_text())
-    for crd in ("agentgraphs.agentgraph.dev", "hardwareprofiles.agentgraph.dev"):
-        kube("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    for path in sorted((ROOT / "hardware_profiles").glob("*.yaml")):
-        kube.apply(path.read_text())
+from builders import EXAMPLES_DIR, shipped_profiles
+from conftest import WAIT_DELETED_S, WAIT_SCHEDULED_S, Kube, install_crds_and_profiles, wait_for
 
 
 def test_crds_and_examples_are_accepted(kube: Kube, namespace: str) -> None:
@@ -57,7 +48,7 @@ def test_scheduler_binds_each_step_to_its_planned_pool(kube: Kube, namespace: st
     assert plan.feasible
     objects = render.render(graph, plan, profiles, namespace, uid)
     kube.apply(objects)
-    expected = sum(a.replicas for a in plan.assignments)
+    expected = sum(a.replicas for a in plan.assignments) + render.gateway_replicas(graph)
 
     def all_bound() -> bool:
         pods = kube.json("get", "pods", "-n", namespace)["items"]
@@ -66,8 +57,10 @@ def test_scheduler_binds_each_step_to_its_planned_pool(kube: Kube, namespace: st
     wait_for(f"{expected} pods bound to nodes", all_bound, WAIT_SCHEDULED_S)
     nodes = {n["metadata"]["name"]: n["metadata"]["labels"]
              for n in kube.json("get", "nodes")["items"]}
+    gateway = render.gateway_pool(plan, profiles)
+    assert gateway is not None
     for pod in kube.json("get", "pods", "-n", namespace)["items"]:
-        pool = pod["metadata"]["labels"][render.LABEL_POOL]
+        pool = pod["metadata"]["labels"].get(render.LABEL_POOL, gateway.name)
         selector = profiles[pool].spec.pool.node_selector
         node_labels = nodes[pod["spec"]["nodeName"]]
         assert all(node_labels.get(k) == v for k, v in selector.items()), (pod["metadata"]["name"],
@@ -75,7 +68,7 @@ def test_scheduler_binds_each_step_to_its_planned_pool(kube: Kube, namespace: st
 
     def deployments_available() -> bool:
         items = kube.json("get", "deployments", "-n", namespace)["items"]
-        return len(items) == len(plan.assignments) and all(
+        return len(items) == len(plan.assignments) + 1 and all(
             d.get("status", {}).get("availableReplicas") == d["spec"]["replicas"] for d in items)
 
     wait_for("every Deployment available", deployments_available, WAIT_SCHEDULED_S)
