@@ -15,13 +15,12 @@ import pytest
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.runtime import TIMEOUT_HEADER
-from agentgraph.controller import runtime_config
-from agentgraph.planner import solve
+from agentgraph.local import running
+from agentgraph.planner import runtime_config, solve
 from agentgraph.runtime import emulator, http
 from agentgraph.runtime.endpoints import Endpoint, Endpoints
 from agentgraph.runtime.worker import Worker
 from builders import LLAMA3_8B, make_graph, shipped_profiles, tool
-from runtime_harness import running
 
 PROFILES = shipped_profiles()
 

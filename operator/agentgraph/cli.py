@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 valid input but no feasible plan; 2 invalid input or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -191,6 +192,29 @@ def cmd_chart(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, out: Console) -> int:
+    from agentgraph import local
+    from agentgraph.planner import solve
+    from agentgraph.runtime import http
+
+    docs, profiles = resolve(args.file, args.profiles)
+    graph = docs.graphs[0]
+    plan = solve.plan(graph, profiles)
+    if not plan.feasible:
+        for reason in plan.reasons:
+            print(f"{args.file}: {reason}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+
+    def announce(run: local.Running) -> None:
+        print_plan(graph.metadata.name, plan, out)
+        out.print(f"[bold]{graph.metadata.name}[/] answers at {run.url}/v1/invoke and "
+                  f"{run.url}/v1/chat/completions (Ctrl-C stops it)")
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop it
+        http.run(lambda: local.serve(graph, profiles, args.host, args.port, announce))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
     from agentgraph import report  # matplotlib is needed here only
 
@@ -230,6 +254,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profiles")
     r.add_argument("--out", default="reports")
     r.set_defaults(func=cmd_report)
+    sv = sub.add_parser("serve", help="run a graph on this machine, no cluster: its workers "
+                        "and gateway on loopback ports")
+    sv.add_argument("file")
+    sv.add_argument("--profiles")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.set_defaults(func=cmd_serve)
     from agentgraph.runtime import commands
 
     commands.add_parsers(sub)

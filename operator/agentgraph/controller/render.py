@@ -41,9 +41,9 @@ from agentgraph.api.runtime import (
     METRICS_PORT,
     WORKER_CONFIG_ENV,
 )
-from agentgraph.controller import runtime_config
 from agentgraph.costs.base import CostSettings, Pool
 from agentgraph.planner import graph as graph_model
+from agentgraph.planner import runtime_config
 
 Manifest = dict[str, Any]
 RUNTIME_IMAGE = f"ghcr.io/agentgraph/agentgraph-runtime:{__version__}"

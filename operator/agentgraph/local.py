@@ -1,19 +1,20 @@
-"""A placed graph run in one event loop, no cluster: a worker per step phase replica on an
-ephemeral port, and a gateway with those endpoints. The same code the pods run; only the pod
-discovery is replaced by a fixed endpoint list."""
+"""A graph run on this machine, no cluster (`agentgraph serve FILE`, the runtime's tests and
+benchmarks): planned as the operator would plan it, then a worker per step phase replica and a
+gateway in one event loop, on loopback ports. The same code the pods run; only the pod
+discovery is replaced by a fixed list of endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.plan import Plan
-from agentgraph.controller import runtime_config
-from agentgraph.planner import solve
+from agentgraph.planner import runtime_config, solve
 from agentgraph.runtime import gateway, http, steps
 from agentgraph.runtime.endpoints import Endpoint, Endpoints
 from agentgraph.runtime.worker import Worker
@@ -36,8 +37,9 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(graph: AgentGraph, profiles: list[HardwareProfile],
                   replicas: Mapping[str, int] | None = None, plan: Plan | None = None,
-                  ) -> AsyncIterator[Running]:
-    """``replicas``: replicas per step name to run here (default one per step phase)."""
+                  host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Running]:
+    """``replicas``: replicas per step name to run here (default: the plan's); the gateway
+    listens on ``host``:``port`` (0: any free port)."""
     plan = plan or solve.plan(graph, profiles)
     assert plan.feasible, plan.reasons
     by_name = {p.name: p for p in profiles}
@@ -48,28 +50,36 @@ async def running(graph: AgentGraph, profiles: list[HardwareProfile],
     for a in plan.assignments:
         config = runtime_config.worker_config(graph, plan, a, by_name, "test")
         group = []
-        for i in range((replicas or {}).get(a.step, 1)):
+        for i in range((replicas or {}).get(a.step, a.replicas)):
             backend = steps.backend(config, 0)
             worker = Worker(config, backend)
             server = http.Server(worker.routes())
-            port = await server.listen("127.0.0.1", 0)
+            bound = await server.listen("127.0.0.1", 0)
             if hasattr(backend, "port"):
-                backend.port = port  # the KV hand-off URL names the prefill worker's port
+                backend.port = bound  # the KV hand-off URL names the prefill worker's port
             await worker.start()
             servers.append(server)
             workers.setdefault((a.step, a.phase or "run"), []).append(worker)
-            group.append(Endpoint(f"{a.step}-{a.phase or 'run'}-{i}", f"127.0.0.1:{port}",
+            group.append(Endpoint(f"{a.step}-{a.phase or 'run'}-{i}", f"127.0.0.1:{bound}",
                                   a.pool))
         endpoints.set(a.step, a.phase or "run", group)
     gw.configure(runtime_config.runtime_graph(graph, plan, "test"))
     gw.pods_synced = True
     server = http.Server(gw.routes())
-    port = await server.listen("127.0.0.1", 0)
+    port = await server.listen(host, port)
     servers.append(server)
-    run = Running(plan, f"http://127.0.0.1:{port}", gw, workers, servers)
+    run = Running(plan, f"http://{host}:{port}", gw, workers, servers)
     try:
         yield run
     finally:
         run.client.close()
         for s in servers:
             await s.shutdown(0.5)
+
+
+async def serve(graph: AgentGraph, profiles: list[HardwareProfile], host: str, port: int,
+                announce: Callable[[Running], None]) -> None:
+    """Run until interrupted."""
+    async with running(graph, profiles, host=host, port=port) as run:
+        announce(run)
+        await asyncio.Event().wait()
