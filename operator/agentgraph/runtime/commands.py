@@ -44,6 +44,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     g.add_argument("--port", type=int, default=GATEWAY_PORT)
     g.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     g.set_defaults(func=gateway)
+    lg = sub.add_parser("loadgen", help="send load to a gateway on this machine (open loop)")
+    lg.add_argument("url", help="e.g. http://127.1.0.7:8080/v1/invoke (loopback only)")
+    lg.add_argument("--rate", type=float, help="requests per second (open loop)")
+    lg.add_argument("--stages", help="stepped rates, RATE:SECONDS[,RATE:SECONDS...]")
+    lg.add_argument("--concurrency", type=int, default=0,
+                    help="a closed loop of this many senders instead (saturation)")
+    lg.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    lg.add_argument("--requests", type=int, help="stop after this many requests")
+    lg.add_argument("--body", default='{"text": "Will it rain in Paris tomorrow?"}',
+                    help="the JSON request body")
+    lg.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    lg.add_argument("--json", help="also write the per-stage summary here")
+    lg.set_defaults(func=loadgen)
 
 
 def _host(args: argparse.Namespace) -> str:
@@ -95,3 +108,34 @@ def gateway(args: argparse.Namespace) -> int:
     http.run(lambda: gw.serve(_host(args), args.port, args.metrics_port, args.graph,
                               args.namespace, args.config, args.endpoint))
     return 0
+
+
+def loadgen(args: argparse.Namespace) -> int:
+    import json
+
+    from agentgraph.runtime import http
+    from agentgraph.runtime import loadgen as lg
+
+    try:
+        body = json.loads(args.body)
+        lg.check_loopback(args.url)
+        if args.stages:
+            stages = lg.parse_stages(args.stages)
+        elif args.rate is not None and args.concurrency <= 0:
+            stages = lg.parse_stages(f"{args.rate}:{args.duration}")
+        elif args.concurrency > 0:
+            stages = []
+        else:
+            raise ValueError("give --rate, --stages or --concurrency")
+        if args.duration <= 0 or args.timeout <= 0 or (args.requests is not None
+                                                       and args.requests < 1):
+            raise ValueError("--duration, --timeout and --requests must be positive")
+    except ValueError as e:
+        print(f"agentgraph loadgen: {e}", file=sys.stderr)
+        return 2
+    report = http.run(lambda: lg.run(args.url, body, stages, args.concurrency, args.duration,
+                                     args.requests, args.timeout))
+    print(lg.format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(lg.summary(report), indent=2, default=str))
+    return 0 if report.samples and all(s.status == 200 for s in report.samples) else 1
