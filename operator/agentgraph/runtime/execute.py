@@ -99,6 +99,7 @@ class Executor:
         self.client = client
         self.metrics = metrics
         self.steps = {s.name: s for s in graph.steps}
+        self._histograms: dict[tuple[str, str, str], Any] = {}
         self.step_time = {s.name: sum(p.predicted_seconds for p in s.phases)
                           for s in graph.steps}
         self.block_of: dict[str, str] = {}
@@ -123,6 +124,14 @@ class Executor:
         for block in reversed(graph.blocks):
             self.tail[block.id] = max((block_time[s] + self.tail[s] for s in successors[block.id]),
                                       default=0.0)
+
+    def observe(self, step: str, phase: str, pool: str, seconds: float) -> None:
+        key = (step, phase, pool)
+        child = self._histograms.get(key)
+        if child is None:
+            assert self.metrics is not None
+            child = self._histograms[key] = self.metrics.step.labels(self.graph.graph, *key)
+        child.observe(seconds)
 
     # ---------------------------------------------------------------------------- the walk
     async def run(self, request: Any, request_id: str, deadline: float,
@@ -168,8 +177,13 @@ def _order(loop: RuntimeLoop) -> list[str]:
 async def _dag(nodes: Sequence[str], preds: Mapping[str, Sequence[str]],
                run: Callable[[str], Awaitable[None]]) -> None:
     """Run every node once all its predecessors among ``nodes`` are done; the first failure
-    cancels the rest and is raised."""
+    cancels the rest and is raised. A plain chain runs inline, without tasks."""
     inside = set(nodes)
+    if all(set(preds.get(n, ())) & inside <= ({nodes[i - 1]} if i else set())
+           for i, n in enumerate(nodes)):
+        for node in nodes:
+            await run(node)
+        return
     try:
         async with asyncio.TaskGroup() as group:
             tasks: dict[str, asyncio.Task[None]] = {}
@@ -298,8 +312,7 @@ class _Walk:
                 endpoint.in_flight -= 1
             elapsed = time.perf_counter() - started
             if self.x.metrics is not None:
-                self.x.metrics.step.labels(self.x.graph.graph, step.name, phase.phase,
-                                           endpoint.pool).observe(elapsed)
+                self.x.observe(step.name, phase.phase, endpoint.pool, elapsed)
             self.outcome.visits.append(Visit(step.name, phase.phase, endpoint.pool,
                                              endpoint.pod, elapsed, payload["iteration"]))
             return answer

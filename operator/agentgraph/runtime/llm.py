@@ -100,7 +100,7 @@ class EmulatedLLM:
         if call.remaining() < self.seconds:
             raise StepFailure(504, f"prefill needs {self.seconds:.3g} s, "
                               f"{max(0.0, call.remaining()):.3g} s left")
-        await asyncio.sleep(self.seconds)
+        await emulator.wait(self.seconds)
         now = time.monotonic()
         while self.kv and (len(self.kv) >= KV_KEEP or next(iter(self.kv.values()))[0] < now):
             self.kv.popitem(last=False)
@@ -130,7 +130,7 @@ class EmulatedLLM:
                 left = self.config.kv.predicted_seconds * self.config.slowdown - (
                     loop.time() - started)
                 if left > 0:
-                    await asyncio.sleep(left)
+                    await emulator.wait(left)
         if call.remaining() < self.seconds:
             raise StepFailure(504, f"decode needs {self.seconds:.3g} s, "
                               f"{max(0.0, call.remaining()):.3g} s left")

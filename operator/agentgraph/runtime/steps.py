@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from agentgraph.api.graph import StepKind
+from agentgraph.api.graph import Step, StepKind
 from agentgraph.api.hardware import DeviceType
 from agentgraph.api.runtime import WorkerConfig
 from agentgraph.runtime import http
@@ -102,6 +102,18 @@ class ComputeStep:
                               "rounds": sum(rounds)}, proceed=loop_verdict(self.config, call))
 
 
+def emulated(spec: Step, emulate: bool) -> bool:
+    """Whether a reference worker emulates this step: always for LLMs without a server and
+    for speech (no such model runs here), tools without a URL, and anything asked to."""
+    if spec.kind is StepKind.LLM:
+        return spec.llm is None or spec.llm.server is None
+    if spec.kind in (StepKind.SPEECH_TO_TEXT, StepKind.TEXT_TO_SPEECH):
+        return True
+    if spec.kind is StepKind.TOOL and (spec.tool is None or spec.tool.url is None):
+        return True
+    return emulate
+
+
 def backend(config: WorkerConfig, port: int) -> Backend:
     """The real worker where this machine can run it, the emulator otherwise (or when asked)."""
     spec = config.spec
@@ -109,14 +121,12 @@ def backend(config: WorkerConfig, port: int) -> Backend:
     if kind is StepKind.LLM:
         from agentgraph.runtime import llm
 
-        if spec.llm is not None and spec.llm.server is not None:
-            return llm.OpenAIAdapter(config)
-        return llm.EmulatedLLM(config, port)
-    if config.emulate or kind in (StepKind.SPEECH_TO_TEXT, StepKind.TEXT_TO_SPEECH):
+        if emulated(spec, config.emulate):
+            return llm.EmulatedLLM(config, port)
+        return llm.OpenAIAdapter(config)
+    if emulated(spec, config.emulate):
         return EmulatedStep(config)
     if kind is StepKind.TOOL:
-        if spec.tool is None or spec.tool.url is None:
-            return EmulatedStep(config)  # no URL to call: the call's latency, emulated
         return ToolStep(config)
     if kind is StepKind.COMPUTE:
         return ComputeStep(config)
