@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## demo: the voice agent on the local real cluster, planned and placed by the operator
+## demo: the voice agent on the local real cluster, planned, placed and answering requests
 demo: cluster
 	$(BIN)/agentgraph plan examples/paper-worked-example.yaml
 	$(BIN)/python e2e/demo.py
@@ -58,11 +58,13 @@ crds: venv
 check-crds: venv
 	$(BIN)/pytest -q tests/test_crds.py
 
-## bench: planner solve time on generated graphs, then the operator on the local cluster
-## (apply -> Ready for one 10-step graph and for 200 graphs at once, operator RSS). Tables are
-## printed; results go to bench/results/
+## bench: planner solve time on generated graphs; the runtime (gateway overhead per hop,
+## throughput, emulated voice agent predicted vs measured; real processes, no cluster); then the
+## operator on the local cluster (apply -> Ready for one 10-step graph and for 200 graphs at
+## once, operator RSS). Tables are printed; results go to bench/results/
 bench: venv
 	$(BIN)/python bench/planner_bench.py --out bench/results/planner.json
+	$(BIN)/python bench/runtime_bench.py --out bench/results/runtime.json
 	$(BIN)/python bench/operator_bench.py --out bench/results/operator.json
 
 ## report: the seed paper's evaluation (table + PNG chart in reports/)
