@@ -11,6 +11,7 @@ from typing import Any
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.graph import KIND_FIELD, AgentGraph
 from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.status import AgentGraphStatus
 
 Schema = dict[str, Any]
 DEFAULT_MAX_ITEMS = 256
@@ -111,6 +112,11 @@ def _root_schema(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
     defs = schema.get("$defs", {})
     spec_ref = schema["properties"]["spec"]
     spec = _convert(spec_ref, defs, None, {})
+    status: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if model is AgentGraph:  # what the operator writes, typed (api/status.py)
+        typed = AgentGraphStatus.model_json_schema(by_alias=True, mode="serialization")
+        status = _convert({k: v for k, v in typed.items() if k != "$defs"},
+                          typed.get("$defs", {}), None, {})
     root: Schema = {
         "type": "object",
         "required": ["spec"],
@@ -119,7 +125,7 @@ def _root_schema(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": spec,
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "status": status,
         },
     }
     return root

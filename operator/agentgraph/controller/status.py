@@ -1,10 +1,10 @@
-"""Status of an AgentGraph as conditions plus a plan summary. Pure.
+"""An AgentGraph's status (api/status.py) built from a plan, a rollout and the replanner's
+measurements. Pure.
 
-Conditions (sorted by type; lastTransitionTime changes only when the status value changes):
-  Planned     True when a feasible plan exists for the current spec and cluster
-  Infeasible  True when the spec is invalid or nothing meets it (reasons sorted, one per line)
-  SLAMet      predicted for now: the plan's latency is within the SLA
-  Ready       every Deployment of the plan has all its replicas available
+Built typed, written as the wire dict (camelCase, no nulls); what was written is read back with
+``parse``. The FULL reconcile owns the plan and Planned/Infeasible/Ready; the replanner owns
+``observed``, ``replan`` and MetricsUnavailable; SLAMet is measured when a fresh measurement
+exists and predicted otherwise.
 """
 
 from __future__ import annotations
@@ -13,26 +13,70 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agentgraph.api.plan import Plan
+import pydantic
 
-Condition = dict[str, Any]
+from agentgraph.api.plan import Plan
+from agentgraph.api.status import (
+    AgentGraphStatus,
+    Condition,
+    ConditionType,
+    Observed,
+    PlanSummary,
+    Reason,
+    Replan,
+    StepPlacement,
+)
+
+Wire = dict[str, Any]
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(type_: str, status: bool, reason: str, message: str, generation: int | None,
-              previous: Sequence[Condition], at: str) -> Condition:
+def parse(st: Mapping[str, Any] | None) -> AgentGraphStatus:
+    """The status as the cluster holds it. A part this operator cannot read (another version
+    wrote it) is left out, part by part: a bad condition does not lose the plan."""
+    raw = dict(st or {})
+    try:
+        return AgentGraphStatus.model_validate(raw)
+    except pydantic.ValidationError:
+        pass
+    kept: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "conditions" and isinstance(value, list):
+            good = []
+            for c in value:
+                try:
+                    good.append(Condition.model_validate(c))
+                except pydantic.ValidationError:
+                    continue
+            kept[key] = good
+            continue
+        try:
+            AgentGraphStatus.model_validate({key: value})
+        except pydantic.ValidationError:
+            continue
+        kept[key] = value
+    return AgentGraphStatus.model_validate(kept)
+
+
+def dump(st: AgentGraphStatus) -> Wire:
+    out: Wire = st.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return out
+
+
+def condition(type_: ConditionType, status: bool, reason: Reason, message: str,
+              generation: int | None, previous: Sequence[Condition], at: str) -> Condition:
     value = "True" if status else "False"
-    old = next((c for c in previous if c.get("type") == type_), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == value else at
-    return {"type": type_, "status": value, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": since}
+    old = next((c for c in previous if c.type is type_), None)
+    since = old.last_transition_time if old and old.status == value else at
+    return Condition(type=type_, status=value, reason=reason, message=message,
+                     observed_generation=generation, last_transition_time=since)
 
 
 def condition_status(st: Mapping[str, Any], type_: str) -> str | None:
-    """The status ("True"/"False") of condition ``type_`` in a status, or None without it."""
+    """The status ("True"/"False") of condition ``type_`` in a wire status, or None."""
     conditions = st.get("conditions")
     return next((c.get("status") for c in (conditions if isinstance(conditions, list) else [])
                  if isinstance(c, Mapping) and c.get("type") == type_), None)
@@ -43,22 +87,49 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else float(f"{value:.{digits}g}")
 
 
-def summary(plan: Plan) -> dict[str, Any]:
-    return {
-        "pools": ",".join(sorted({a.pool for a in plan.assignments})),
-        "latencySeconds": _round(plan.latency_seconds),
-        "slaSeconds": plan.sla_seconds,
-        "costPerHour": _round(plan.cost_per_hour),
-        "costPerRequest": _round(plan.cost_per_request),
-        "solverStatus": plan.solver_status,
-        "steps": [{"step": a.step, **({"phase": a.phase} if a.phase else {}), "pool": a.pool,
-                   "tensorParallel": a.tensor_parallel, "batch": a.batch,
-                   "unitsPerReplica": a.units_per_replica, "replicas": a.replicas,
-                   "latencySeconds": _round(a.latency_seconds),
-                   **({"costPerHour": _round(a.cost_per_hour)}
-                      if a.cost_per_hour is not None else {})}
-                  for a in plan.assignments],
-    }
+def summary(plan: Plan, planned_rate: float | None = None) -> PlanSummary:
+    return PlanSummary(
+        pools=",".join(sorted({a.pool for a in plan.assignments})),
+        latency_seconds=_round(plan.latency_seconds),
+        sla_seconds=plan.sla_seconds,
+        cost_per_hour=_round(plan.cost_per_hour),
+        cost_per_request=_round(plan.cost_per_request),
+        solver_status=plan.solver_status,
+        planned_requests_per_second=_round(planned_rate),
+        steps=[StepPlacement(step=a.step, phase=a.phase, pool=a.pool,
+                             tensor_parallel=a.tensor_parallel, batch=a.batch,
+                             units_per_replica=a.units_per_replica, replicas=a.replicas,
+                             latency_seconds=_round(a.latency_seconds),
+                             cost_per_hour=_round(a.cost_per_hour))
+               for a in plan.assignments])
+
+
+def _sla(plan: PlanSummary | None, observed: Observed | None, metrics_ok: bool,
+         generation: int | None, old: Sequence[Condition], at: str) -> Condition:
+    if plan is not None and metrics_ok and observed is not None \
+            and observed.latency_seconds is not None:
+        met = observed.latency_seconds <= plan.sla_seconds
+        return condition(
+            ConditionType.SLA_MET, met, Reason.MEASURED if met else Reason.MEASURED_OVER,
+            f"p{observed.percentile:g} {observed.latency_seconds:.3g} s over the last "
+            f"{observed.window_seconds:g} s against the {plan.sla_seconds:g} s SLA "
+            f"({observed.requests_per_second:.3g} requests/s)", generation, old, at)
+    met = bool(plan is not None and plan.latency_seconds is not None
+               and plan.latency_seconds <= plan.sla_seconds)
+    why = ("no measurement (see MetricsUnavailable)" if not metrics_ok
+           else "no requests measured in the last window")
+    return condition(ConditionType.SLA_MET, met,
+                     Reason.PREDICTED if met else Reason.NOT_PREDICTED,
+                     f"predicted by the planner; {why}", generation, old, at)
+
+
+def _metrics_ok(old: Sequence[Condition]) -> bool:
+    found = next((c for c in old if c.type is ConditionType.METRICS_UNAVAILABLE), None)
+    return found is not None and found.status == "False"
+
+
+def _sorted(conditions: Sequence[Condition]) -> list[Condition]:
+    return sorted(conditions, key=lambda c: c.type.value)
 
 
 def build(
@@ -68,44 +139,68 @@ def build(
     problems: Sequence[str],
     ready: bool,
     at: str | None = None,
-) -> dict[str, Any]:
-    """The whole status. ``problems`` non-empty means Infeasible (invalid spec or no plan)."""
+    planned_rate: float | None = None,
+) -> Wire:
+    """The whole status after a FULL reconcile. ``problems`` non-empty means Infeasible (invalid
+    spec or no plan). The replanner's parts are kept as they were."""
     at = at or now()
-    old = list((previous or {}).get("conditions", []))
+    prev = parse(previous)
+    old = prev.conditions
     feasible = plan is not None and plan.feasible and not problems
     reasons = sorted(problems) if problems else []
-    met = bool(feasible and plan is not None and plan.latency_seconds is not None
-               and plan.latency_seconds <= plan.sla_seconds)
+    shown = summary(plan, planned_rate) if feasible and plan is not None else prev.plan
     conditions = [
-        condition("Infeasible", not feasible, "NoFeasiblePlan" if not feasible else "Planned",
+        condition(ConditionType.INFEASIBLE, not feasible,
+                  Reason.NO_FEASIBLE_PLAN if not feasible else Reason.PLANNED,
                   "\n".join(reasons), generation, old, at),
-        condition("Planned", feasible, "Planned" if feasible else "NoFeasiblePlan",
+        condition(ConditionType.PLANNED, feasible,
+                  Reason.PLANNED if feasible else Reason.NO_FEASIBLE_PLAN,
                   "" if feasible else "see the Infeasible condition", generation, old, at),
-        condition("Ready", feasible and ready, "Available" if feasible and ready else
-                  ("Progressing" if feasible else "NoFeasiblePlan"), "", generation, old, at),
-        condition("SLAMet", met, "Predicted" if met else "NotPredicted",
-                  "predicted by the planner; measured latency comes with replanning",
+        condition(ConditionType.READY, feasible and ready,
+                  Reason.AVAILABLE if feasible and ready else
+                  (Reason.PROGRESSING if feasible else Reason.NO_FEASIBLE_PLAN), "",
                   generation, old, at),
+        _sla(shown if feasible else None, prev.observed, _metrics_ok(old), generation, old, at),
+        *(c for c in old if c.type is ConditionType.METRICS_UNAVAILABLE),
     ]
-    out: dict[str, Any] = {"observedGeneration": generation,
-                           "conditions": sorted(conditions, key=lambda c: c["type"])}
-    if feasible and plan is not None:
-        out["plan"] = summary(plan)
-    elif previous and "plan" in previous:
-        out["plan"] = previous["plan"]  # keep showing what runs: nothing is torn down
-    return out
+    # An invalid or infeasible spec keeps showing the last good plan: nothing is torn down.
+    return dump(AgentGraphStatus(observed_generation=generation, conditions=_sorted(conditions),
+                                 plan=shown, observed=prev.observed, replan=prev.replan))
 
 
-def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> dict[str, Any]:
+def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> Wire:
     """The same status with Ready recomputed: for a child's status change, when nothing was
     replanned (the plan and the other conditions stay as they are)."""
     at = at or now()
-    old = list(previous.get("conditions", []))
-    generation = previous.get("observedGeneration")
-    conditions = [c for c in old if c.get("type") != "Ready"]
-    conditions.append(condition("Ready", ready, "Available" if ready else "Progressing", "",
-                                generation, old, at))
-    return {**previous, "conditions": sorted(conditions, key=lambda c: c["type"])}
+    prev = parse(previous)
+    conditions = [c for c in prev.conditions if c.type is not ConditionType.READY]
+    conditions.append(condition(ConditionType.READY, ready,
+                                Reason.AVAILABLE if ready else Reason.PROGRESSING, "",
+                                prev.observed_generation, prev.conditions, at))
+    return dump(prev.model_copy(update={"conditions": _sorted(conditions)}))
+
+
+def with_measurement(previous: Mapping[str, Any], observed: Observed | None, replan: Replan,
+                     unavailable: tuple[Reason, str] | None, at: str | None = None) -> Wire:
+    """The status after a replanner pass: what it measured (``observed`` None keeps the last
+    one), what it learned and decided, MetricsUnavailable (``unavailable``: why), and SLAMet
+    from the measurement. The plan is left as it is."""
+    at = at or now()
+    prev = parse(previous)
+    old = prev.conditions
+    generation = prev.observed_generation
+    observed = observed if observed is not None else prev.observed
+    metrics = condition(
+        ConditionType.METRICS_UNAVAILABLE, unavailable is not None,
+        unavailable[0] if unavailable else Reason.METRICS_FRESH,
+        unavailable[1] if unavailable else "", generation, old, at)
+    planned = next((c for c in old if c.type is ConditionType.PLANNED), None)
+    plan = prev.plan if planned is not None and planned.status == "True" else None
+    conditions = [c for c in old if c.type not in (ConditionType.METRICS_UNAVAILABLE,
+                                                   ConditionType.SLA_MET)]
+    conditions += [metrics, _sla(plan, observed, unavailable is None, generation, old, at)]
+    return dump(prev.model_copy(update={"conditions": _sorted(conditions),
+                                        "observed": observed, "replan": replan}))
 
 
 def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
