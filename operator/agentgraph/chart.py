@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 
 from agentgraph.api import crdgen
 from agentgraph.api.hardware import HardwareProfileSpec
-from agentgraph.controller.config import OperatorConfig
+from agentgraph.controller.config import OperatorConfig, ReplanConfig
 
 KubeObject = dict[str, Any]  # passed through to Kubernetes as written (resources, affinity...)
 
@@ -70,6 +70,21 @@ class OperatorSettings(Values):
     resync_seconds: float = Field(OperatorConfig().resync_seconds, ge=5)
     keep_within: float = Field(OperatorConfig().keep_within, ge=0, le=10)
     solver_time_limit_seconds: float = Field(OperatorConfig().solver_time_limit_seconds, gt=0)
+    replan: ReplanConfig = Field(default_factory=ReplanConfig)  # the operator's own model
+
+
+class PodMonitor(Values):
+    enabled: bool = False  # needs the Prometheus Operator's CRDs
+    interval: str = Field("15s", pattern=r"^[0-9]+(ms|s|m|h)$")
+    labels: dict[str, str] = Field(default_factory=dict)  # e.g. release: kube-prometheus-stack
+
+
+class PrometheusValues(Values):
+    # The HTTP API the replanner queries, e.g. http://prometheus-operated.monitoring:9090.
+    # Empty: no replanning from measurements (graphs show MetricsUnavailable).
+    url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
+    # A PodMonitor scraping every gateway and step worker's `metrics` port, in every namespace.
+    pod_monitor: PodMonitor = Field(default_factory=PodMonitor)
 
 
 class Profile(Values):
@@ -91,6 +106,7 @@ class ChartValues(Values):
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     runtime: Runtime = Field(default_factory=Runtime)
     metrics: Metrics = Field(default_factory=Metrics)
+    prometheus: PrometheusValues = Field(default_factory=PrometheusValues)
     hardware_profiles: HardwareProfiles = Field(default_factory=HardwareProfiles)
     resources: KubeObject = Field(default_factory=dict)
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -288,12 +288,21 @@ class GraphRuntime(ApiModel):
     gateway_replicas: int | None = Field(default=None, ge=1, le=64)  # absent: from the rate
 
 
+class ReplanSpec(ApiModel):
+    """Replanning from measured latency and load (Prometheus)."""
+
+    # auto: apply what measurements call for (scale, move); advisory: write the recommended
+    # plan and its saving to status and change nothing (for GitOps); off: plan from the spec only.
+    mode: Literal["auto", "advisory", "off"] = "auto"
+
+
 class AgentGraphSpec(ApiModel):
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
     loops: list[Loop] = Field(default_factory=list, max_length=64)
     sla: SLA
     planning: Planning = Field(default_factory=Planning)
     runtime: GraphRuntime = Field(default_factory=GraphRuntime)
+    replan: ReplanSpec = Field(default_factory=ReplanSpec)
 
     @model_validator(mode="after")
     def _reserved_names(self) -> AgentGraphSpec:

@@ -15,7 +15,31 @@ from pydantic import Field
 from agentgraph.api.common import ApiModel
 from agentgraph.api.loading import validation_lines
 from agentgraph.controller.render import RUNTIME_IMAGE, RuntimeSettings
+from agentgraph.planner.replan import ReplanSettings
 from agentgraph.planner.solve import KEEP_WITHIN
+
+_R = ReplanSettings()
+
+
+class ReplanConfig(ApiModel):
+    """Replanning from Prometheus (README, "Replanning"); the defaults suit a 30 s scrape."""
+
+    interval_seconds: float = Field(30.0, ge=1)  # one measurement of every graph this often
+    window_seconds: float = Field(60.0, ge=5)  # the rate() window of every query
+    cooldown_seconds: float = Field(_R.cooldown_seconds, ge=0)  # nothing learned after a change
+    headroom: float = Field(_R.headroom, ge=1, le=4)  # plan for measured rate x this
+    scale_in_below: float = Field(_R.scale_in_below, gt=0, lt=1)
+    correction_band: float = Field(_R.correction_band, ge=0, le=1)  # measured/predicted noise
+    smoothing: float = Field(_R.smoothing, gt=0, le=1)
+    min_calls: float = Field(_R.min_calls, ge=1)
+    breach_passes: int = Field(_R.breach_passes, ge=1)
+    move_cost: float = Field(0.10, ge=0, le=10)  # a move must save this fraction of its cost
+
+    def settings(self) -> ReplanSettings:
+        return ReplanSettings(headroom=self.headroom, scale_in_below=self.scale_in_below,
+                              correction_band=self.correction_band, smoothing=self.smoothing,
+                              cooldown_seconds=self.cooldown_seconds, min_calls=self.min_calls,
+                              breach_passes=self.breach_passes)
 
 
 class OperatorConfig(ApiModel):
@@ -29,6 +53,10 @@ class OperatorConfig(ApiModel):
     # The image step pods and gateways run (`agentgraph worker`, `agentgraph gateway`).
     runtime_image: str = Field(RUNTIME_IMAGE, min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # Where the gateways' and workers' metrics are queried (Prometheus's HTTP API base URL).
+    # None: no replanning from measurements; graphs show MetricsUnavailable.
+    prometheus_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    replan: ReplanConfig = Field(default_factory=ReplanConfig)
 
     @property
     def runtime(self) -> RuntimeSettings:

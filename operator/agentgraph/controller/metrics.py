@@ -24,7 +24,14 @@ READY = Gauge("agentgraph_graph_ready", "1 when every step of the graph has all 
               ["namespace", "graph"])
 FEASIBLE = Gauge("agentgraph_graph_feasible", "1 when the graph has a plan meeting its spec",
                  ["namespace", "graph"])
-PER_GRAPH = (COST, LATENCY, READY, FEASIBLE)
+REPLAN_PASSES = Counter("agentgraph_replan_passes", "Replanner passes, by outcome: replan "
+                        "(learned something: a FULL reconcile follows), kept, no-metrics",
+                        ["outcome"])
+REPLAN_SECONDS = Histogram("agentgraph_replan_pass_seconds", "Time per replanner pass (queries "
+                           "and decision)", buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+MEASURED = Gauge("agentgraph_graph_measured_latency_seconds", "Measured end-to-end latency of "
+                 "a graph at its SLA percentile", ["namespace", "graph"])
+PER_GRAPH = (COST, LATENCY, READY, FEASIBLE, MEASURED)
 
 
 def record_graph(namespace: str, graph: str, status: dict[str, object]) -> None:
@@ -32,6 +39,9 @@ def record_graph(namespace: str, graph: str, status: dict[str, object]) -> None:
     READY.labels(namespace, graph).set(1 if condition_status(status, "Ready") == "True" else 0)
     FEASIBLE.labels(namespace, graph).set(
         1 if condition_status(status, "Planned") == "True" else 0)
+    seen = status.get("observed")
+    if isinstance(seen, dict) and isinstance(seen.get("latencySeconds"), (int, float)):
+        MEASURED.labels(namespace, graph).set(float(seen["latencySeconds"]))
     if isinstance(plan, dict):
         if isinstance(plan.get("costPerHour"), (int, float)):
             COST.labels(namespace, graph).set(float(plan["costPerHour"]))

@@ -3,6 +3,7 @@
 The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, AgentGraphs), which
 kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
   AgentGraph resume/create/spec update, HardwareProfile change, the resync loop -> FULL
+  the replanner loop (every replan.intervalSeconds) -> MEASURE (FULL when it learned something)
   Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
   one of our Deployments changing           -> READINESS (escalates to FULL on drift)
 Run: python -m agentgraph.controller
@@ -16,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -32,12 +34,30 @@ from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
-from agentgraph.controller.reconcile import Outcome, World, reconcile
+from agentgraph.controller.prometheus import Prometheus
+from agentgraph.controller.reconcile import Outcome, World, measure, reconcile
 from agentgraph.controller.status import condition_status
 from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
-_state: dict[str, Any] = {}
+
+
+@dataclass
+class State:
+    """Everything the handlers share, set up by main() and kopf's start-up handlers."""
+
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    cluster: Cluster | None = None
+    prometheus: Prometheus | None = None
+    leader: Leader | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
+    started: bool = False
+
+
+_state = State()
 _work = Coalescer()
 INDEXES = ("graphs", "nodes", "pods", "profiles")
 NO_WORLD = World(profiles=())
@@ -52,8 +72,8 @@ def _namespaced(namespace: str | None) -> str:
 
 
 def _cluster() -> Cluster:
-    cluster: Cluster = _state["cluster"]
-    return cluster
+    assert _state.cluster is not None, "main() sets up the cluster client"
+    return _state.cluster
 
 
 # ------------------------------------------------------------------------------ settings
@@ -68,16 +88,18 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # one leader by Lease instead of kopf's peering CRDs
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
-    _state["loop"] = asyncio.get_running_loop()
-    _state["resync"] = asyncio.create_task(_resync_forever(_state["config"].resync_seconds))
+    _state.loop = asyncio.get_running_loop()
+    _state.tasks.append(asyncio.create_task(_every(_state.config.resync_seconds, Level.FULL)))
+    _state.tasks.append(asyncio.create_task(_every(_state.config.replan.interval_seconds,
+                                                   Level.MEASURE)))
 
 
 @kopf.on.cleanup()
 def release(**_: Any) -> None:
-    if "resync" in _state:
-        _state["resync"].cancel()
-    if "leader" in _state:
-        _state["leader"].release()
+    for task in _state.tasks:
+        task.cancel()
+    if _state.leader is not None:
+        _state.leader.release()
 
 
 # ------------------------------------------------------------------------------ indexes
@@ -139,8 +161,9 @@ async def _copy(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
 
 def _read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
     """The indexes ``names``, copied from a handler's worker thread (never call on the loop)."""
+    assert _state.loop is not None
     return asyncio.run_coroutine_threadsafe(_copy(kwargs, *names),
-                                            _state["loop"]).result(timeout=60)
+                                            _state.loop).result(timeout=60)
 
 
 def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
@@ -177,9 +200,10 @@ def _world(kwargs: Mapping[str, Any]) -> World:
 
 def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
     """Reconcile one graph at ``level``, or leave it to the thread already reconciling it."""
-    _state.setdefault("indexes", {k: kwargs[k] for k in INDEXES})  # live views, for the resync
+    if _state.indexes is None:
+        _state.indexes = {k: kwargs[k] for k in INDEXES}  # live views, for the loops
 
-    settings: OperatorConfig = _state["config"]
+    settings = _state.config
 
     def once(obj: dict[str, Any], asked: Level) -> Outcome:
         started = time.perf_counter()
@@ -187,7 +211,8 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         world = _world(kwargs) if asked is Level.FULL else NO_WORLD
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
-                            keep_within=settings.keep_within, runtime=settings.runtime)
+                            keep_within=settings.keep_within, runtime=settings.runtime,
+                            move_cost=settings.replan.move_cost)
         metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
         result = ("escalated" if outcome.escalate else
                   "planned" if outcome.feasible else "infeasible")
@@ -205,6 +230,9 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
             metrics.forget_graph(namespace, name)
             return  # deleted meanwhile: garbage collection removes its children
         try:
+            if asked is Level.MEASURE:
+                asked = _measure(cluster, obj, kwargs)
+                obj = cluster.graph(namespace, name) or obj
             if once(obj, asked).escalate:
                 once(cluster.graph(namespace, name) or obj, Level.FULL)
         except client.ApiException as e:
@@ -217,6 +245,24 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
     _work.run((namespace, name), level, work)
 
 
+def _measure(cluster: Cluster, obj: dict[str, Any], kwargs: Mapping[str, Any]) -> Level:
+    """The replanner's pass; the level to reconcile at after it: FULL when what was learned
+    changes the plan's inputs (auto mode), else READINESS (a MEASURE stands in for one)."""
+    settings = _state.config
+    started = time.perf_counter()
+    outcome = measure(cluster, obj, lambda: _world(kwargs), _state.prometheus, settings.replan,
+                      time.time(), settings.solver_time_limit_seconds, settings.keep_within)
+    metrics.REPLAN_SECONDS.observe(time.perf_counter() - started)
+    if outcome is None:
+        return Level.READINESS
+    metrics.REPLAN_PASSES.labels("replan" if outcome.replan else
+                                 "kept" if outcome.status.get("observed") else "no-metrics").inc()
+    if outcome.replan:
+        meta = obj["metadata"]
+        log.info("%s/%s: replanning: %s", meta["namespace"], meta["name"], outcome.decision)
+    return Level.FULL if outcome.replan else Level.READINESS
+
+
 @kopf.on.resume(GROUP, VERSION, "agentgraphs")
 @kopf.on.create(GROUP, VERSION, "agentgraphs")
 @kopf.on.update(GROUP, VERSION, "agentgraphs", field="spec")
@@ -224,21 +270,22 @@ def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
     _request(_namespaced(namespace), name, Level.FULL, kwargs)
 
 
-async def _resync_forever(interval: float) -> None:
-    """Level-based safety net: drift, readiness and capacity are re-read every interval, one
-    graph after another. Not a kopf timer: kopf puts a finalizer on every object that has one,
-    and a finalizer on the user's AgentGraph would make its deletion wait for the operator
-    (and show up in Argo CD's diff)."""
+async def _every(interval: float, level: Level) -> None:
+    """Every graph at ``level``, one after another, every ``interval`` seconds: the resync
+    (FULL: drift, readiness and capacity re-read, a level-based safety net) and the replanner
+    (MEASURE). Not kopf timers: kopf puts a finalizer on every object that has one, and a
+    finalizer on the user's AgentGraph would make its deletion wait for the operator (and show
+    up in Argo CD's diff)."""
     while True:
         await asyncio.sleep(interval)
-        indexes = _state.get("indexes")
+        indexes = _state.indexes
         if indexes is None:
             continue  # no handler has run yet: kopf is still listing
         for namespace, name in list(indexes["graphs"]):
             try:
-                await asyncio.to_thread(_request, namespace, name, Level.FULL, indexes)
-            except Exception:  # one graph's failure must not stop the others' resync
-                log.exception("%s/%s: resync failed", namespace, name)
+                await asyncio.to_thread(_request, namespace, name, level, indexes)
+            except Exception:  # one graph's failure must not stop the others'
+                log.exception("%s/%s: %s pass failed", namespace, name, level.name.lower())
 
 
 def _fingerprint(node: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -259,13 +306,13 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     """A node joining, leaving or changing in a pool replans the graphs on that pool (and those
     without a plan, which it may now fit). Heartbeats (nothing we read changed) do nothing."""
     name = body.get("metadata", {}).get("name")
-    seen: dict[str, Any] = _state.setdefault("fingerprints", {})
+    seen = _state.fingerprints
     mark = None if event.get("type") == "DELETED" else _fingerprint(body)
     before = seen.get(name)
     if before == mark:
         return
     seen[name] = mark
-    if not _state.get("started"):
+    if not _state.started:
         return  # the initial listing: each graph is reconciled on resume anyway
     known, _ = _validated(_read(kwargs, "profiles")[0])
     labels = dict(body.get("metadata", {}).get("labels", {}))
@@ -279,7 +326,7 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "hardwareprofiles")
 def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
     """A profile changed: prices, speeds or pools may all differ, so every graph replans."""
-    if not _state.get("started"):
+    if not _state.started:
         return
     for namespace, graph in list(kwargs["graphs"]):
         _request(namespace, graph, Level.FULL, kwargs)
@@ -296,13 +343,13 @@ def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: 
 def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     """A step's Deployment changed (pods became available, or someone edited it)."""
     graph = labels.get(LABEL_GRAPH)
-    if _state.get("started") and graph:
+    if _state.started and graph:
         _request(_namespaced(namespace), graph, Level.READINESS, kwargs)
 
 
 @kopf.on.startup()
 def started(**_: Any) -> None:
-    _state["started"] = True
+    _state.started = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    _state.update(api=api, cluster=Cluster(api), config=settings)
+    _state.cluster, _state.config = Cluster(api), settings
+    if settings.prometheus_url:
+        _state.prometheus = Prometheus(settings.prometheus_url)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     shipped: list[HardwareProfile] = []
@@ -348,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     leader = Leader(api, settings.lease_namespace_or_default)
     with standby_health(settings.liveness):
         leader.acquire()  # a standby waits here, alive, until the Lease is free
-    _state["leader"] = leader
+    _state.leader = leader
     if settings.profiles_file:
         installed_profiles.install(api, shipped)
     kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)

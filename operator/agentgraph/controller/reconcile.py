@@ -10,7 +10,7 @@ READINESS: a child's status moved. Ready is recomputed from the Deployments the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,16 @@ from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
 from agentgraph.api.plan import Plan
-from agentgraph.controller import render, snapshot, status
+from agentgraph.api.status import PlanSummary
+from agentgraph.controller import render, replanning, snapshot, status
 from agentgraph.controller.cluster import CHILD_KINDS, Cluster
+from agentgraph.controller.config import ReplanConfig
+from agentgraph.controller.prometheus import Prometheus
 from agentgraph.controller.work import Level
-from agentgraph.planner import solve
+from agentgraph.costs.base import CostSettings
+from agentgraph.planner import replan, solve
 from agentgraph.planner.errors import PlanningError
+from agentgraph.planner.snapshot import ClusterSnapshot
 
 log = logging.getLogger("agentgraph.reconcile")
 Obj = Mapping[str, Any]
@@ -101,7 +106,8 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
 
 def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FULL,
               time_limit: float = 30.0, keep_within: float = solve.KEEP_WITHIN,
-              runtime: render.RuntimeSettings | None = None) -> Outcome:
+              runtime: render.RuntimeSettings | None = None,
+              move_cost: float = 0.0) -> Outcome:
     if level is Level.READINESS:
         return _readiness(cluster, obj)
     meta = obj["metadata"]
@@ -112,21 +118,13 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     ready = False
     written: list[str] = []
     deleted: list[str] = []
+    measured: replanning.Planning | None = None
     if graph is not None:
         for line in world.bad_profiles:
             log.warning("skipping invalid profile: %s", line)
-        current = current_placement(previous, meta.get("generation"))
-        placed = frozenset(pool for pool, *_ in (current or {}).values())
-        capacity = snapshot.free_capacity(world.profiles, world.nodes, world.pods,
-                                          (namespace, name), placed)
-        pod_slots = snapshot.free_pods(world.profiles, world.nodes, world.pods,
-                                       (namespace, name), placed)
-        block = snapshot.largest_free(world.profiles, world.nodes, world.pods, (namespace, name))
+        measured = replanning.planning(graph, previous)
         try:
-            plan = solve.plan(graph, world.profiles, capacity_units=capacity,
-                              capacity_pods=pod_slots, capacity_block=block,
-                              time_limit=time_limit, keep_within=keep_within,
-                              current=current)
+            plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost)
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
         if plan is not None and not plan.feasible:
@@ -155,10 +153,103 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
             if written or deleted:
                 log.info("%s/%s: applied %s; deleted %s", namespace, name,
                          ", ".join(written) or "nothing", ", ".join(deleted) or "nothing")
-    new = status.build(previous, meta.get("generation"), plan, problems, ready)
+    new = status.build(previous, meta.get("generation"), plan, problems, ready,
+                       planned_rate=measured.rate if measured else None)
     changed = _write(cluster, obj, previous, new, problems)
     return Outcome(feasible=not problems and plan is not None, ready=ready,
                    status_written=changed, applied=written, deleted=deleted, status=new)
+
+
+def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Planning,
+             time_limit: float, keep_within: float, move_cost: float) -> Plan:
+    """Snapshot (free capacity as this graph sees it, measured corrections), then plan, sized
+    for the measured rate when that is what the replanner asks for."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    current = current_placement(obj.get("status") or {}, meta.get("generation"))
+    placed = frozenset(pool for pool, *_ in (current or {}).values())
+    settings = CostSettings()
+    shot = ClusterSnapshot.from_profiles(
+        world.profiles, settings,
+        capacity_units=snapshot.free_capacity(world.profiles, world.nodes, world.pods, key,
+                                              placed),
+        capacity_pods=snapshot.free_pods(world.profiles, world.nodes, world.pods, key, placed),
+        capacity_block=snapshot.largest_free(world.profiles, world.nodes, world.pods, key),
+        corrections=measured.corrections)
+    sized = graph
+    if measured.rate != graph.spec.sla.target_requests_per_second:
+        sla = graph.spec.sla.model_copy(update={"target_requests_per_second": measured.rate})
+        sized = graph.model_copy(update={"spec": graph.spec.model_copy(update={"sla": sla})})
+    return solve.plan(sized, world.profiles, settings, snapshot=shot, time_limit=time_limit,
+                      keep_within=keep_within, current=current, move_cost=move_cost)
+
+
+def recommend(obj: Obj, world: World, learned: replan.Learned, time_limit: float,
+              keep_within: float, move_cost: float) -> tuple[PlanSummary | None, float | None]:
+    """Advisory mode: the plan the measurements call for, and what it saves per hour against
+    the running one (negative: it costs more, to meet the SLA). Nothing is applied."""
+    graph, _ = _graph(obj)
+    if graph is None:
+        return None, None
+    measured = replanning.Planning(dict(learned.corrections), replan.planning_rate(
+        learned, graph.spec.sla.target_requests_per_second))
+    try:
+        plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost)
+    except PlanningError:
+        return None, None
+    if not plan.feasible:
+        return None, None
+    running = status.parse(obj.get("status")).plan
+    saving = None
+    if running is not None and running.cost_per_hour is not None and plan.cost_per_hour:
+        saving = round(running.cost_per_hour - plan.cost_per_hour, 4)
+    return status.summary(plan, measured.rate), saving
+
+
+def measure(cluster: Cluster, obj: Obj, world: Callable[[], World], prometheus: Prometheus | None,
+            config: ReplanConfig, now: float, time_limit: float = 30.0,
+            keep_within: float = solve.KEEP_WITHIN) -> replanning.PassOutcome | None:
+    """A replanner pass: measure, decide, write status and events. Whether a FULL reconcile
+    should follow is in the outcome (``replan``). None: nothing to measure (no plan yet, or
+    an invalid spec). ``world`` is read only in advisory mode, to plan a recommendation."""
+    graph, _ = _graph(obj)
+    previous = obj.get("status") or {}
+    if graph is None or status.condition_status(previous, "Planned") != "True":
+        return None
+
+    def advise(learned: replan.Learned) -> tuple[PlanSummary | None, float | None]:
+        return recommend(obj, world(), learned, time_limit, keep_within, config.move_cost)
+
+    outcome = replanning.run_pass(graph, obj, prometheus, config.window_seconds,
+                                  config.settings(), now, advise)
+    if outcome.written:
+        meta = obj["metadata"]
+        cluster.patch_status(meta["namespace"], meta["name"], outcome.status)
+        _measure_events(cluster, obj, previous, outcome)
+    return outcome
+
+
+def _measure_events(cluster: Cluster, obj: Obj, previous: Obj,
+                    outcome: replanning.PassOutcome) -> None:
+    new = outcome.status
+    was = status.condition_status(previous, "MetricsUnavailable")
+    now_ = status.condition_status(new, "MetricsUnavailable")
+    if now_ == "True" and was != "True":
+        message = next((c.get("message", "") for c in new.get("conditions", [])
+                        if c.get("type") == "MetricsUnavailable"), "")
+        cluster.event(obj, "Warning", "MetricsUnavailable", message)
+    elif now_ == "False" and was == "True":
+        cluster.event(obj, "Normal", "MetricsAvailable", "measurements are fresh again")
+    if (status.condition_status(new, "SLAMet") == "False"
+            and status.condition_status(previous, "SLAMet") != "False"):
+        message = next((c.get("message", "") for c in new.get("conditions", [])
+                        if c.get("type") == "SLAMet"), "")
+        cluster.event(obj, "Warning", "SLAMissed", message)
+    old_decision = (previous.get("replan") or {}).get("lastChangeTime")
+    replan_ = new.get("replan") or {}
+    if replan_.get("lastChangeTime") != old_decision and replan_.get("lastChangeTime"):
+        verb = "Recommended" if replan_.get("mode") == "advisory" else "Learned"
+        cluster.event(obj, "Normal", verb, str(replan_.get("decision", ""))[:1000])
 
 
 def _readiness(cluster: Cluster, obj: Obj) -> Outcome:

@@ -17,7 +17,8 @@ class Level(enum.IntEnum):
     """What a trigger asks for; a pending request keeps the highest level asked."""
 
     READINESS = 1  # a child's status moved: recompute Ready from what is applied
-    FULL = 2  # spec, pools, drift or resync: snapshot -> plan -> apply -> status
+    MEASURE = 2  # the replanner's pass: measure, decide; FULL when that changed the inputs
+    FULL = 3  # spec, pools, drift or resync: snapshot -> plan -> apply -> status
 
 
 class Coalescer:

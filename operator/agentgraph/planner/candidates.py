@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -122,24 +124,51 @@ def _allowed(names: tuple[str, ...], *groups: PoolConstraints | None) -> list[st
     return allowed
 
 
+Running = Mapping[tuple[str, str], tuple[str, int]]  # (step, phase) -> (pool, TP) running now
+Weight = Callable[[Phase, Option], float]  # the solve's price of an option / its true price
+
+
+def _mover(placed: Mapping[str, tuple[str, int]], move_cost: float) -> Weight:
+    def weight(phase: Phase, o: Option) -> float:
+        now = placed.get(phase)
+        moves = now is not None and now != (o.pool, o.estimate.tensor_parallel)
+        return 1.0 + move_cost if moves else 1.0
+
+    return weight
+
+
+def _one(phase: Phase, o: Option) -> float:
+    return 1.0
+
+
 def build(
     graph: GraphModel,
     snapshot: ClusterSnapshot,
     settings: CostSettings,
     only_pool: str | None = None,
     prune: bool = True,
+    running: Running | None = None,
+    move_cost: float = 0.0,
 ) -> dict[str, StepOptions]:
+    """``running`` and ``move_cost``: a configuration that moves a running step phase to another
+    pool or tensor parallelism is priced ``move_cost`` higher in pruning and in the solve (its
+    Option keeps the true price, which the plan reports)."""
     rate = graph.sla.target_requests_per_second
     cap = graph.planning.max_utilisation
     capped = frozenset(snapshot.capacities())
     result: dict[str, StepOptions] = {}
     # Steps with the same workload, visits and limits get the same candidates: nothing in an
     # option names its step. Agent graphs repeat workloads often (one model, many calls).
-    memo: dict[tuple[str, float], StepOptions] = {}
+    memo: dict[tuple[Any, ...], StepOptions] = {}
     for name, flat in graph.steps.items():
         step = flat.step
+        corrected = tuple(sorted((k[1:], v) for k, v in snapshot.corrections.items()
+                                 if k[0] == name))
+        placed = {phase: where for (step_name, phase), where in (running or {}).items()
+                  if step_name == name} if move_cost > 0 else {}
+        weight = _mover(placed, move_cost) if placed else _one
         key = (step.model_dump_json(exclude={"name", "depends_on", "container"}),
-               graph.visits[name])
+               graph.visits[name], corrected, tuple(sorted(placed.items())))
         if key in memo:
             seen = memo[key]
             result[name] = StepOptions(step=flat, slots=seen.slots, transfers=seen.transfers,
@@ -167,7 +196,9 @@ def build(
                 pool = snapshot.pool(pool_name)
                 found = model.estimate(step, phase, pool, settings)
                 opts.rejected.extend(found.rejected)
-                for est in found.options:
+                factor = snapshot.correction(name, phase, pool_name)
+                for est in (found.options if factor == 1.0
+                            else [corrected_estimate(e, factor) for e in found.options]):
                     if not fits_one_node(est.units, pool.capacity_block):
                         continue
                     options.append(_price(est, rate, visits, cap))
@@ -178,12 +209,22 @@ def build(
                         f"{min(e.units for e in found.options):.4g} units on one node; the "
                         f"most free on any node is {pool.capacity_block:.4g}")
             options = _within_token_limits(opts, phase, options)
-            opts.slots[phase] = _prune(options, capped) if prune else options
+            opts.slots[phase] = _prune(options, capped, phase, weight) if prune else options
         if opts.is_llm:
             opts.transfers = _transfers(opts, model, snapshot, settings, rate, visits)
-        opts.configs = _configs(opts, capped, prune)
+        opts.configs = _configs(opts, capped, prune, weight)
         result[name] = memo[key] = opts
     return result
+
+
+def corrected_estimate(est: Estimate, factor: float) -> Estimate:
+    """The estimate with a measured correction: ``factor`` times as slow, so each replica
+    serves ``factor`` times fewer requests and each request costs ``factor`` times more."""
+    return replace(est, latency=est.latency * factor,
+                   tbt=None if est.tbt is None else est.tbt * factor,
+                   throughput=None if est.throughput is None else est.throughput / factor,
+                   cost_per_request=(est.cost_per_request if est.throughput is None
+                                     else est.cost_per_request * factor))
 
 
 def _transfers(
@@ -226,13 +267,14 @@ def _by_pool(options: list[Option]) -> dict[str, list[Option]]:
 _Raw = tuple[float, float, tuple[tuple[Phase, Option], ...], tuple[tuple[str, float], ...]]
 
 
-def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Config]:
+def _configs(opts: StepOptions, capped: frozenset[str], prune: bool,
+             weight: Weight = _one) -> list[Config]:
     if opts.is_llm and prune and not any(key in capped for phase in opts.slots.values()
                                           for o in phase for key, _ in o.held):
-        return _llm_front(opts)
+        return _llm_front(opts, weight)
     raw: list[_Raw] = []
     if not opts.is_llm:
-        raw = [(o.objective, o.estimate.latency, (("run", o),), o.held)
+        raw = [(o.objective * weight("run", o), o.estimate.latency, (("run", o),), o.held)
                for o in opts.slots.get("run", [])]
     else:
         prefill, decode = _by_pool(opts.slots["prefill"]), _by_pool(opts.slots["decode"])
@@ -246,7 +288,8 @@ def _configs(opts: StepOptions, capped: frozenset[str], prune: bool) -> list[Con
                 for dec in decode.get(dst, []):
                     if head + (dec.estimate.tbt or 0.0) > limit:
                         continue
-                    raw.append((pre.objective + t.objective + dec.objective,
+                    raw.append((pre.objective * weight("prefill", pre) + t.objective
+                                + dec.objective * weight("decode", dec),
                                 head + dec.estimate.latency,
                                 (("prefill", pre), ("decode", dec)), _usage(pre, dec)))
     if prune:
@@ -262,7 +305,7 @@ def _usage(pre: Option, dec: Option) -> tuple[tuple[str, float], ...]:
     return tuple(total.items())
 
 
-def _llm_front(opts: StepOptions) -> list[Config]:
+def _llm_front(opts: StepOptions, weight: Weight = _one) -> list[Config]:
     """The (cost, duration) Pareto front of prefill x transfer x decode within TTFT, vectorised.
 
     Same result as enumerating and sweeping: sorted by cost then duration (stable, so ties keep
@@ -270,9 +313,9 @@ def _llm_front(opts: StepOptions) -> list[Config]:
     one. Only for steps that use no capacity-limited pool (units do not matter then)."""
     prefill, decode = opts.slots["prefill"], opts.slots["decode"]
     limit = math.inf if opts.ttft is None else opts.ttft
-    p_obj = np.array([o.objective for o in prefill])
+    p_obj = np.array([o.objective * weight("prefill", o) for o in prefill])
     p_lat = np.array([o.estimate.latency for o in prefill])
-    d_obj = np.array([o.objective for o in decode])
+    d_obj = np.array([o.objective * weight("decode", o) for o in decode])
     d_lat = np.array([o.estimate.latency for o in decode])
     d_tbt = np.array([o.estimate.tbt or 0.0 for o in decode])
     p_pool = [o.pool for o in prefill]
@@ -367,12 +410,15 @@ def _price(est: Estimate, rate: float | None, visits: float, max_util: float) ->
     return Option(est, replicas, hourly, hourly)
 
 
-def _prune(options: list[Option], capped: frozenset[str]) -> list[Option]:
-    """Per pool, drop options another option beats or ties on every axis that matters: cost,
-    latency, time between tokens, and units where the pool's size is limited."""
+def _prune(options: list[Option], capped: frozenset[str], phase: Phase = "run",
+           weight: Weight = _one) -> list[Option]:
+    """Per pool, drop options another option beats or ties on every axis that matters: cost
+    (as the solve prices it), latency, time between tokens, and units where the pool's size is
+    limited."""
     def key(o: Option) -> tuple[float, ...]:
         limited = tuple(amount if k in capped else 0.0 for k, amount in o.held)
-        return (o.objective, o.estimate.latency, o.estimate.tbt or 0.0, *limited)
+        return (o.objective * weight(phase, o), o.estimate.latency, o.estimate.tbt or 0.0,
+                *limited)
 
     kept: list[Option] = []
     for _, group in sorted(_by_pool(options).items()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.costs.base import CostSettings, Pool
@@ -11,9 +11,19 @@ from agentgraph.costs.base import CostSettings, Pool
 PODS = "/pods"  # a pool's pod slots are capacity key "<pool>/pods"; its units are "<pool>"
 
 
+Slot = tuple[str, str, str]  # (step, phase "run"|"prefill"|"decode", pool)
+
+
 @dataclass(frozen=True)
 class ClusterSnapshot:
     pools: tuple[Pool, ...]  # sorted by name
+    # Measured / predicted latency per slot (the replanner's corrections): the cost model's
+    # estimate there is multiplied by it (latency, time between tokens, cost per request) and
+    # its throughput divided. Absent: 1.
+    corrections: Mapping[Slot, float] = field(default_factory=dict)
+
+    def correction(self, step: str, phase: str, pool: str) -> float:
+        return self.corrections.get((step, phase, pool), 1.0)
 
     def pool(self, name: str) -> Pool:
         for p in self.pools:
@@ -23,8 +33,8 @@ class ClusterSnapshot:
 
     def without_capacity(self) -> ClusterSnapshot:
         """The same pools, unbounded: to tell 'too small' apart from 'impossible'."""
-        return ClusterSnapshot(tuple(replace(p, capacity_units=None, capacity_pods=None,
-                                             capacity_block=None) for p in self.pools))
+        return replace(self, pools=tuple(replace(p, capacity_units=None, capacity_pods=None,
+                                                 capacity_block=None) for p in self.pools))
 
     def capacities(self) -> dict[str, float]:
         """Every limited capacity, by key: '<pool>' in units (devices, or cores for CPU pools),
@@ -48,6 +58,7 @@ class ClusterSnapshot:
         capacity_units: Mapping[str, float] | None = None,
         capacity_pods: Mapping[str, float] | None = None,
         capacity_block: Mapping[str, float] | None = None,
+        corrections: Mapping[Slot, float] | None = None,
     ) -> ClusterSnapshot:
         """Pools from profiles. Capacity (devices, or cores for CPU pools) comes from
         ``capacity_units`` when given (the operator counts live Nodes), else from the profile's
@@ -68,4 +79,4 @@ class ClusterSnapshot:
             block = None if capacity_block is None else capacity_block.get(profile.name, 0.0)
             pools.append(replace(pool, capacity_units=capacity, capacity_pods=pods,
                                  capacity_block=block))
-        return ClusterSnapshot(tuple(pools))
+        return ClusterSnapshot(tuple(pools), dict(corrections or {}))

@@ -36,6 +36,8 @@ def plan(
     time_limit: float = 60.0,
     current: Placement | None = None,
     keep_within: float = KEEP_WITHIN,
+    snapshot: ClusterSnapshot | None = None,
+    move_cost: float = 0.0,
 ) -> Plan:
     """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
     it is valid but nothing meets it on this hardware.
@@ -43,20 +45,30 @@ def plan(
     With ``current`` (what runs now, for the same spec), the current placement is returned
     unchanged while it still meets everything on this snapshot and the optimum is at most
     ``keep_within`` cheaper: a replan then moves nothing for a saving of a few percent, and
-    near-equal optima cannot make pods flip between pools as free capacity changes."""
+    near-equal optima cannot make pods flip between pools as free capacity changes.
+
+    ``snapshot`` (the operator builds it: free capacity, measured corrections) replaces the
+    capacity arguments. ``move_cost``, with ``current``: a step phase that changes pool or
+    tensor parallelism is priced ``move_cost`` higher in the solve (not in the plan), so a
+    replan moves only the steps for which moving pays; scaling in place costs nothing extra."""
     settings = settings or CostSettings()
     model = graph_model.build(graph)
-    if not profiles:
+    if not profiles and snapshot is None:
         raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
-    snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods,
-                                             capacity_block)
+    if snapshot is None:
+        snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units,
+                                                 capacity_pods, capacity_block)
+    if not snapshot.pools:
+        raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
     candidates.check_pools(model, snapshot)
     sla = model.sla.latency_seconds
-    shortcut = _uncapped_first(model, snapshot, settings, time_limit, current)
+    penalty = move_cost if current else 0.0
+    shortcut = _uncapped_first(model, snapshot, settings, time_limit, current, penalty)
     if shortcut is not None:
         options, result = shortcut
     else:
-        options = candidates.build(model, snapshot, settings)
+        options = candidates.build(model, snapshot, settings, running=_running(current),
+                                   move_cost=penalty)
         empty = diagnose.empty_slots(model, options)
         if empty:
             return Plan(feasible=False, sla_seconds=sla, reasons=empty)
@@ -104,6 +116,7 @@ def _uncapped_first(
     settings: CostSettings,
     time_limit: float,
     current: Placement | None,
+    penalty: float = 0.0,
 ) -> tuple[dict[str, StepOptions], milp.MilpResult] | None:
     """Exact shortcut for a cluster with room: solve without capacity limits (no units axis in
     the pruning, so far fewer candidates). When that optimum also fits the capacities it is
@@ -114,7 +127,8 @@ def _uncapped_first(
     if not snapshot.capacities():
         return None
     loose = snapshot.without_capacity()
-    options = candidates.build(model, loose, settings)
+    options = candidates.build(model, loose, settings, running=_running(current),
+                               move_cost=penalty)
     if diagnose.empty_slots(model, options):
         return None
     result = milp.solve(model, options, loose, time_limit)
@@ -125,6 +139,10 @@ def _uncapped_first(
     if current and _current_selection(options, current) is None:
         return None
     return options, result
+
+
+def _running(current: Placement | None) -> candidates.Running:
+    return {slot: (where[0], where[1]) for slot, where in (current or {}).items()}
 
 
 def _current_selection(

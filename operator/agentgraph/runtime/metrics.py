@@ -57,7 +57,8 @@ class WorkerMetrics:
         self.tbt = Histogram("agentgraph_llm_tbt_seconds", "Decode: time between tokens",
                              labels, registry=r, buckets=TOKEN_BUCKETS)
         self.predicted = Gauge("agentgraph_worker_predicted_seconds", "The planner's "
-                               "prediction for one visit of this step phase", labels, registry=r)
+                               "prediction for one visit of this step phase (a decode's KV "
+                               "hand-off from another pool included)", labels, registry=r)
 
 
 class GatewayMetrics:

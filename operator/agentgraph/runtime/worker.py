@@ -103,7 +103,10 @@ class Worker:
         self._tbt = m.tbt.labels(*labels)
         self._codes = {code: m.requests.labels(*labels, str(code))
                        for code in (200, 400, 500, 502, 503, 504)}
-        m.predicted.labels(*labels).set(config.predicted_seconds)
+        # What the service time is compared with: a decode fed from another pool waits for
+        # the KV cache first, and its service time includes that wait.
+        m.predicted.labels(*labels).set(config.predicted_seconds
+                                        + (config.kv.predicted_seconds if config.kv else 0.0))
 
     def routes(self) -> dict[tuple[str, str], http.Handler]:
         return {("POST", RUN_PATH): self.handle, ("GET", "/healthz"): self.healthz,
