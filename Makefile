@@ -61,11 +61,13 @@ check-crds: venv
 ## bench: planner solve time on generated graphs; the runtime (gateway overhead per hop,
 ## throughput, emulated voice agent predicted vs measured; real processes, no cluster); then the
 ## operator on the local cluster (apply -> Ready for one 10-step graph and for 200 graphs at
-## once, operator RSS). Tables are printed; results go to bench/results/
+## once, operator RSS); then the replanner (breach -> new plan Ready; plan changes over 10 minutes
+## of noisy steady load). Tables are printed; results go to bench/results/
 bench: venv
 	$(BIN)/python bench/planner_bench.py --out bench/results/planner.json
 	$(BIN)/python bench/runtime_bench.py --out bench/results/runtime.json
 	$(BIN)/python bench/operator_bench.py --out bench/results/operator.json
+	$(BIN)/python bench/replan_bench.py --out bench/results/replan.json
 
 ## report: the seed paper's evaluation (table + PNG chart in reports/)
 report: venv

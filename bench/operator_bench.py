@@ -108,11 +108,11 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def start_operator(log: Path) -> subprocess.Popen[bytes]:
+def start_operator(log: Path, config: Path | None = None) -> subprocess.Popen[bytes]:
     cluster.stop_operator()  # the demo's, if it runs: one leader, and it must be ours
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentgraph.controller", "--liveness", LIVENESS,
-         "--metrics-port", "0"],
+         "--metrics-port", "0", *(["--config", str(config)] if config else [])],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, "KUBECONFIG": str(cluster.KUBECONFIG)}, start_new_session=True)
     deadline = time.monotonic() + 60

@@ -42,6 +42,14 @@ KUBECONFIG = STATE / "kubeconfig"
 K8S_VERSION = "v1.34.4"  # must match e2e/tools/go.mod
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"  # Helm 3: what Argo CD renders charts with
+# Prometheus 3.16.0: its Go module is versioned v0.3MM.P for 3.MM.P. Built from the module, as
+# the control plane is: Debian's prometheus (2.42) is built without Kubernetes discovery.
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS_VERSION = "v0.316.0"
+PROMETHEUS_RELEASE = "3.16.0"
+PROMETHEUS_PORT = 9099
+PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+SCRAPE_INTERVAL_S = 5
 APISERVER_PORT = 6443
 ETCD_PORT = 2379
 KWOK_LABEL = "agentgraph.dev/kwok"
@@ -87,6 +95,16 @@ def build() -> None:
         run(["go", "install", "-trimpath", "-ldflags",
              f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
              f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], env={**os.environ, "GOBIN": str(BIN)})
+    if not (BIN / "prometheus").exists():
+        log(f"building prometheus {PROMETHEUS_RELEASE} ({PROMETHEUS_VERSION}) from its Go module "
+            "(first time: about 8 minutes)")
+        version = "github.com/prometheus/common/version"
+        run(["go", "install", "-trimpath", "-ldflags",
+             f"-s -w -X {version}.Version={PROMETHEUS_RELEASE} "
+             f"-X {version}.Revision={PROMETHEUS_VERSION} -X {version}.Branch=release "
+             f"-X {version}.BuildUser=agentgraph",
+             f"{PROMETHEUS_MODULE}/cmd/prometheus@{PROMETHEUS_VERSION}"],
+            env={**os.environ, "GOBIN": str(BIN)})
     if not (BIN / "etcd").exists():
         # etcd 3.6, the version Kubernetes pins: Debian's 3.4 lacks RequestWatchProgress, so
         # kwok's streaming node watch keeps ending, heartbeats lapse and the node controller
@@ -290,6 +308,70 @@ def start() -> None:
     _start("pod-runner", [sys.executable, str(ROOT / "e2e" / "podrunner.py"),
                           f"--kubeconfig={KUBECONFIG}", f"--state={PODS}",
                           f"--agentgraph={Path(sys.executable).parent / 'agentgraph'}"])
+    start_prometheus()
+
+
+def prometheus_config() -> Path:
+    """Scrape every pod that asks for it (the prometheus.io annotations the operator puts on
+    gateways and workers), found by Kubernetes service discovery against our API server."""
+    config = {
+        "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s",
+                   "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
+                   "scrape_timeout": f"{SCRAPE_INTERVAL_S - 1}s"},
+        "scrape_configs": [{
+            "job_name": "agentgraph-pods",
+            "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(KUBECONFIG)}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                 "action": "keep", "regex": "true"},
+                {"source_labels": ["__meta_kubernetes_pod_phase"], "action": "keep",
+                 "regex": "Running"},
+                # one target per pod (discovery gives one per container port): the annotated port
+                {"source_labels": ["__address__",
+                                   "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2",
+                 "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                 "regex": "(.+)", "target_label": "__metrics_path__"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            ],
+        }],
+    }
+    target = STATE / "prometheus.yml"
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def _prometheus_ready() -> bool:
+    try:
+        with urllib.request.urlopen(f"{PROMETHEUS_URL}/-/ready", timeout=2) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_prometheus() -> None:
+    pids = _pids()
+    if not _port_free(PROMETHEUS_PORT) and not ("prometheus" in pids
+                                                and _alive(pids["prometheus"])):
+        raise SystemExit(f"cluster: 127.0.0.1:{PROMETHEUS_PORT} is taken by a process this "
+                         "checkout did not start")
+    _start("prometheus", [str(BIN / "prometheus"), f"--config.file={prometheus_config()}",
+                          f"--storage.tsdb.path={STATE / 'prometheus'}",
+                          "--storage.tsdb.retention.time=6h",
+                          f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"])
+    _wait("prometheus /-/ready", _prometheus_ready)
+
+
+def stop_prometheus() -> None:
+    """For the e2e test of a Prometheus outage: `start_prometheus` brings it back (its data
+    directory is kept)."""
+    pids = _pids()
+    proc = pids.pop("prometheus", None)
+    if proc is not None and _alive(proc):
+        _stop({"prometheus": proc})
+    PIDS.write_text(json.dumps(pids))
 
 
 # Accelerator pools want bin packing: the default scoring (LeastAllocated) spreads replicas, so
@@ -454,7 +536,8 @@ def up() -> None:
     kubeconfig()
     start()
     create_nodes()
-    log(f"up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}")
+    log(f"up in {time.monotonic() - started:.1f} s; export KUBECONFIG={KUBECONFIG}; "
+        f"Prometheus at {PROMETHEUS_URL}")
 
 
 def _stop(pids: dict[str, Proc]) -> None:
@@ -488,6 +571,7 @@ def down() -> None:
     reaped = _reap_pods()
     PIDS.unlink(missing_ok=True)
     shutil.rmtree(STATE / "etcd", ignore_errors=True)
+    shutil.rmtree(STATE / "prometheus", ignore_errors=True)
     shutil.rmtree(PODS, ignore_errors=True)
     log(f"stopped {len(pids)} processes" + (f" and {reaped} left by the pod runner"
                                             if reaped else ""))
@@ -551,7 +635,8 @@ def status() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("command",
-                    choices=["up", "down", "status", "build", "stop-operator", "kind-up"])
+                    choices=["up", "down", "status", "build", "stop-operator", "kind-up",
+                             "stop-prometheus", "start-prometheus"])
     args = ap.parse_args()
     if args.command == "up":
         up()
@@ -563,6 +648,10 @@ def main() -> int:
         stop_operator()
     elif args.command == "kind-up":
         kind_up()
+    elif args.command == "stop-prometheus":
+        stop_prometheus()
+    elif args.command == "start-prometheus":
+        start_prometheus()
     else:
         return status()
     return 0

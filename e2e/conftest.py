@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -104,6 +105,7 @@ class Operator:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.settings: dict[str, Any] = {}  # more settings for its file (a module's fixture)
 
     def log(self, index: int) -> str:
         return (self.folder / f"operator-{index}.log").read_text()
@@ -111,7 +113,7 @@ class Operator:
     def start(self, port: int = 18081) -> subprocess.Popen[bytes]:
         log = self.folder / f"operator-{len(self.procs)}.log"
         settings = self.folder / "config.yaml"
-        settings.write_text(f"resyncSeconds: {RESYNC_S}\n")
+        settings.write_text(json.dumps({"resyncSeconds": RESYNC_S, **self.settings}))
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentgraph.controller", "--config", str(settings),
              "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
@@ -185,3 +187,30 @@ def host_address_for_pods() -> str:
     """Where a pod reaches a server this test starts: loopback on the local cluster (pods are
     processes here); on kind set AGENTGRAPH_E2E_HOST_ADDRESS to the Docker network's gateway."""
     return os.environ.get("AGENTGRAPH_E2E_HOST_ADDRESS", "127.0.0.1")
+
+
+# ------------------------------------------------------------- helpers shared by test modules
+
+
+def apply(kube: Kube, namespace: str, *docs: dict[str, Any]) -> None:
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin=yaml.safe_dump_all(docs))
+
+
+def ready(kube: Kube, namespace: str, name: str) -> bool:
+    obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in obj.get("status", {}).get("conditions", []))
+
+
+def pods(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = kube.json("get", "pods", "-n", namespace, "-l",
+                                            selector)["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def gateway(kube: Kube, namespace: str, graph: str) -> dict[str, Any]:
+    found = pods(kube, namespace, f"agentgraph.dev/graph={graph},"
+                                  "agentgraph.dev/component=gateway")
+    assert found, f"no gateway pod for {graph}"
+    return found[0]

@@ -19,35 +19,21 @@ import pytest
 import yaml
 
 from builders import EXAMPLES_DIR
-from conftest import Kube, Operator, host_address_for_pods, reach, wait_for
+from conftest import (
+    Kube,
+    Operator,
+    apply,
+    gateway,
+    host_address_for_pods,
+    pods,
+    reach,
+    ready,
+    wait_for,
+)
 
 WAIT_READY_S = 180.0
 VOICE = yaml.safe_load((EXAMPLES_DIR / "voice-agent.yaml").read_text())
 QUESTION = "Will it rain in Paris tomorrow?"
-
-
-def apply(kube: Kube, namespace: str, *docs: dict[str, Any]) -> None:
-    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
-         stdin=yaml.safe_dump_all(docs))
-
-
-def ready(kube: Kube, namespace: str, name: str) -> bool:
-    obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in obj.get("status", {}).get("conditions", []))
-
-
-def pods(kube: Kube, namespace: str, selector: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kube.json("get", "pods", "-n", namespace, "-l",
-                                            selector)["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def gateway(kube: Kube, namespace: str, graph: str) -> dict[str, Any]:
-    found = pods(kube, namespace, f"agentgraph.dev/graph={graph},"
-                                  "agentgraph.dev/component=gateway")
-    assert found, f"no gateway pod for {graph}"
-    return found[0]
 
 
 def post(url: str, body: Any, timeout: float = 30) -> tuple[int, Any]:
