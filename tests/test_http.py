@@ -129,13 +129,19 @@ def test_malformed_and_oversized_requests_are_refused() -> None:
 
 def test_client_reuses_connections_and_streams() -> None:
     async def main() -> None:
-        server = http.Server({("POST", "/echo"): _echo, ("GET", "/count"): _count})
+        peers: set[str] = set()
+
+        async def echo(request: http.Request) -> http.Response:
+            peers.add(request.peer)  # the client's address and port: one per connection
+            return await _echo(request)
+
+        server = http.Server({("POST", "/echo"): echo, ("GET", "/count"): _count})
         port = await server.listen("127.0.0.1", 0)
         client = http.Client()
         for i in range(20):
             r = await client.post_json(f"http://127.0.0.1:{port}/echo", {"i": i})
             assert r.status == 200 and r.json()["body"] == {"i": i}
-        assert len(server.connections) == 1  # one keep-alive connection for 20 requests
+        assert len(peers) == 1  # one keep-alive connection for 20 requests
         many = await asyncio.gather(*(client.post_json(f"http://127.0.0.1:{port}/echo", i)
                                       for i in range(50)))
         assert [r.json()["body"] for r in many] == list(range(50))

@@ -376,6 +376,7 @@ class _ClientConnection(asyncio.Protocol):
         self.chunks = chunks
         self.got_bytes = False
         self.complete = False
+        self.keep_alive = False
         self.headers_done: asyncio.Future[int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -415,6 +416,9 @@ class _ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Read here: llhttp answers should_keep_alive() only inside its callbacks (after the
+        # message it says False, and no connection would ever be reused).
+        self.keep_alive = self.parser.should_keep_alive()
         if self.chunks is not None:
             self.chunks.put_nowait(_END)
 
@@ -426,8 +430,7 @@ class _ClientConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return (self.transport is not None and self.complete
-                and self.parser.should_keep_alive())
+        return self.transport is not None and self.complete and self.keep_alive
 
     def close(self) -> None:
         if self.transport is not None:
