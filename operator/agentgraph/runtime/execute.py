@@ -252,7 +252,7 @@ class _Walk:
         if step.timeout_seconds is not None:
             end = min(end, now + step.timeout_seconds)
         proceed = False
-        started = now
+        started = time.perf_counter()  # TTFT is measured from here (not the loop's ms clock)
         for i, phase in enumerate(step.phases):
             # An earlier phase leaves the later ones their predicted time (the same rule).
             after = sum(p.predicted_seconds for p in step.phases[i + 1:])
@@ -359,7 +359,6 @@ class _Walk:
 
     async def _tokens(self, chunks: Any, step: RuntimeStep, step_started: float
                       ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         buffer = b""
         last: float | None = None
         m = self.x.metrics
@@ -372,7 +371,7 @@ class _Walk:
                     continue
                 event = orjson.loads(line)
                 if "token" in event:
-                    now = loop.time()
+                    now = time.perf_counter()
                     if m is not None:
                         if last is None:
                             m.ttft.labels(self.x.graph.graph, step.name).observe(

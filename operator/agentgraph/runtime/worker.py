@@ -138,7 +138,10 @@ class Worker:
 
     async def handle(self, request: http.Request) -> http.Response | http.StreamResponse:
         loop = asyncio.get_running_loop()
-        arrived = loop.time()
+        # Deadlines on the loop's clock (asyncio's timeouts use it); figures on perf_counter:
+        # uvloop's loop.time() moves in whole milliseconds, too coarse for a 5 ms step.
+        due = loop.time()
+        arrived = time.perf_counter()
         timeout = request.headers.get(TIMEOUT_HEADER)
         try:
             body = request.json() or {}
@@ -161,7 +164,7 @@ class Worker:
                           f"{self.backend.slots} slots", self.config)
         call = Call(inputs=body.get("inputs") or {}, request=body.get("request"),
                     iteration=int(body.get("iteration") or 0), stream=bool(body.get("stream")),
-                    deadline=arrived + left,
+                    deadline=due + left,
                     request_id=request.headers.get(REQUEST_ID_HEADER, ""))
         self._in_flight.inc()
         self.waiting += 1
@@ -171,7 +174,7 @@ class Worker:
                 await self.slots.acquire()
                 acquired = True
                 self.waiting -= 1
-                started = loop.time()
+                started = time.perf_counter()
                 self._queue.observe(started - arrived)
                 result = await self.backend.run(call)
                 if result.tokens is not None:
@@ -192,7 +195,7 @@ class Worker:
                 if acquired:
                     self.slots.release()
                 self._in_flight.dec()
-        done = loop.time()
+        done = time.perf_counter()
         self._service.observe(done - started)
         self._duration.observe(done - arrived)
         self._count(200)
@@ -214,11 +217,10 @@ class Worker:
         return Result(output=output, proceed=result.proceed)
 
     async def _timed(self, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
         first = True
-        last = loop.time()
+        last = time.perf_counter()
         async for token in tokens:
-            now = loop.time()
+            now = time.perf_counter()
             if not first:
                 self._tbt.observe(now - last)
             first = False
@@ -229,7 +231,6 @@ class Worker:
                 started: float) -> http.StreamResponse:
         """Tokens as NDJSON lines, then the output; the slot is held until the last line."""
         assert result.tokens is not None
-        loop = asyncio.get_running_loop()
         released = False
         code = 200
 
@@ -244,7 +245,7 @@ class Worker:
                 closing.add_done_callback(self._closing.discard)
             self.slots.release()
             self._in_flight.dec()
-            done = loop.time()
+            done = time.perf_counter()
             self._service.observe(done - started)
             self._duration.observe(done - arrived)
             self._count(code)
@@ -256,7 +257,7 @@ class Worker:
                 async with asyncio.timeout_at(call.deadline):
                     async for token in self._timed(result.tokens):  # type: ignore[arg-type]
                         if not tokens:
-                            self._ttft.observe(loop.time() - arrived)
+                            self._ttft.observe(time.perf_counter() - arrived)
                         tokens.append(token)
                         yield orjson.dumps({"token": token}) + b"\n"
                 output = result.finish(tokens) if result.finish else "".join(tokens)
