@@ -284,3 +284,20 @@ def test_a_full_reconcile_plans_with_what_was_learned() -> None:
             assert deployment["spec"]["replicas"] == after.steps[0].replicas > 1
         else:
             assert after == first and deployment["spec"]["replicas"] == 1
+
+
+def test_a_correction_on_the_decode_pool_moves_only_decode() -> None:
+    """Prefill and decode are corrected apart: a decode pool slower than its profile loses
+    the decode phase, and the prefill stays where it was."""
+    from builders import llm, shipped_profiles
+
+    graph = make_graph([llm("chat", input_tokens=2048, output_tokens=256)], sla=10, rate=2,
+                       ttftSeconds=1.0, tbtSeconds=0.05)
+    profiles = shipped_profiles()
+    plain = {a.phase: a for a in solve.plan(graph, profiles).assignments}
+    decode_pool = plain["decode"].pool
+    shot = ClusterSnapshot.from_profiles(profiles, CostSettings(), corrections={
+        ("chat", "decode", decode_pool): 20.0})
+    moved = {a.phase: a for a in solve.plan(graph, profiles, snapshot=shot).assignments}
+    assert moved["decode"].pool != decode_pool
+    assert moved["prefill"].pool == plain["prefill"].pool
