@@ -3,7 +3,9 @@
 1. One 10-step graph (speech, embedding, retrieval, two Llama-3-8B calls, a tool, CPU work,
    speech out), applied with kubectl and timed to Planned and to Ready, several runs.
 2. N small graphs (default 200; 3 tools and a compute step each, all on CPU pools) applied in
-   one kubectl call, timed until every one is Ready: graphs per second.
+   one kubectl call, timed until every one is admitted or told to wait (admission throughput)
+   and until every one is Ready or waiting with a reason; moves of a step to another pool
+   after creation are counted (Replanned events that moved something).
 3. The operator's resident memory (VmRSS, and its peak VmHWM) with the N graphs running.
 
 Starts the local cluster when it is not running (and stops it afterwards), runs its own
@@ -173,27 +175,36 @@ def many_graphs(count: int, operator: subprocess.Popen[bytes]) -> dict[str, Any]
     kubectl("apply", "-n", namespace, "--server-side", "--field-manager=bench", "-f", "-",
             stdin=docs)
     applied = time.monotonic() - t0
-    all_planned = None
+    all_decided = None
     while True:
         seen = conditions(namespace)
-        if all_planned is None and sum(c.get("Planned") == "True" for c in seen.values()) \
-                == count:
-            all_planned = time.monotonic() - t0
-        if sum(c.get("Ready") == "True" for c in seen.values()) == count:
-            all_ready = time.monotonic() - t0
+        # decided: admitted with a plan, or told to wait (Admitted=False) with a reason
+        decided = sum(c.get("Planned") == "True" or c.get("Admitted") == "False"
+                      for c in seen.values())
+        if all_decided is None and decided == count:
+            all_decided = time.monotonic() - t0
+        settled = sum(c.get("Ready") == "True" or c.get("Admitted") == "False"
+                      for c in seen.values())
+        if settled == count:
+            all_settled = time.monotonic() - t0
             break
-        infeasible = [n for n, c in seen.items() if c.get("Infeasible") == "True"]
         if time.monotonic() - t0 > WAIT_S:
-            raise SystemExit(f"operator bench: {count} graphs not Ready in {WAIT_S:.0f} s "
-                             f"({len(infeasible)} Infeasible)")
+            raise SystemExit(f"operator bench: {count - settled} of {count} graphs neither "
+                             f"Ready nor told to wait after {WAIT_S:.0f} s")
         time.sleep(0.5)
     time.sleep(5)  # let the trailing readiness events settle before reading memory
     after = memory_kib(operator.pid)
+    final = conditions(namespace)
     pods = len(json.loads(kubectl("get", "pods", "-n", namespace, "-o", "json"))["items"])
+    events = json.loads(kubectl("get", "events", "-n", namespace, "--field-selector",
+                                "reason=Replanned", "-o", "json"))["items"]
+    moves = sum("moved" in e.get("message", "") for e in events)
     kubectl("delete", "namespace", namespace, "--wait=false")
     return {"graphs": count, "pods": pods, "kubectl_apply_s": applied,
-            "all_planned_s": all_planned, "all_ready_s": all_ready,
-            "graphs_per_second": count / all_ready,
+            "all_decided_s": all_decided, "all_settled_s": all_settled,
+            "ready": sum(c.get("Ready") == "True" for c in final.values()),
+            "waiting": sum(c.get("Admitted") == "False" for c in final.values()),
+            "moves": moves, "admitted_per_second": count / (all_decided or all_settled),
             "rss_before_mib": before["VmRSS"] / 1024, "rss_mib": after["VmRSS"] / 1024,
             "peak_rss_mib": after["VmHWM"] / 1024}
 
@@ -238,10 +249,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{one['planned_median_s']:.2f} s")
     table.add_row(f"10-step graph: apply -> Ready (median of {one['runs']})",
                   f"{one['ready_median_s']:.2f} s")
-    table.add_row(f"{many['graphs']} graphs ({many['pods']} pods) at once: all Planned",
-                  f"{many['all_planned_s']:.1f} s")
-    table.add_row(f"{many['graphs']} graphs at once: all Ready", f"{many['all_ready_s']:.1f} s")
-    table.add_row("graphs per second (to Ready)", f"{many['graphs_per_second']:.1f}")
+    table.add_row(f"{many['graphs']} graphs ({many['pods']} pods) at once: every one admitted "
+                  "or told to wait", f"{many['all_decided_s']:.1f} s")
+    table.add_row(f"{many['graphs']} graphs at once: every one Ready or waiting (target < 120 s)",
+                  f"{many['all_settled_s']:.1f} s ({many['ready']} Ready, "
+                  f"{many['waiting']} waiting)")
+    table.add_row("admission throughput, graphs/s (target >= 10)",
+                  f"{many['admitted_per_second']:.1f}")
+    table.add_row("step phases moved to another pool after creation (target 0)",
+                  str(many["moves"]))
     table.add_row("operator RSS, idle -> with the graphs",
                   f"{many['rss_before_mib']:.0f} -> {many['rss_mib']:.0f} MiB "
                   f"(peak {many['peak_rss_mib']:.0f})")

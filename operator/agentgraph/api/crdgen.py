@@ -141,8 +141,14 @@ def crd(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
             {"name": "SLA", "type": "number", "jsonPath": ".spec.sla.latencySeconds"},
             {"name": "Latency", "type": "number", "jsonPath": ".status.plan.latencySeconds"},
             {"name": "Cost/h", "type": "number", "jsonPath": ".status.plan.costPerHour"},
+            {"name": "Admitted", "type": "string",
+             "jsonPath": '.status.conditions[?(@.type=="Admitted")].status'},
             {"name": "Ready", "type": "string",
              "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "NS $/h", "type": "number", "priority": 1,
+             "jsonPath": ".status.admission.namespaceSpendPerHour"},
+            {"name": "Budget", "type": "number", "priority": 1,
+             "jsonPath": ".status.admission.namespaceBudgetPerHour"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ]
     else:

@@ -303,6 +303,8 @@ class AgentGraphSpec(ApiModel):
     planning: Planning = Field(default_factory=Planning)
     runtime: GraphRuntime = Field(default_factory=GraphRuntime)
     replan: ReplanSpec = Field(default_factory=ReplanSpec)
+    # Admission order when pools are short: higher first, then the older graph.
+    priority: int = Field(default=0, ge=-1000, le=1000)
 
     @model_validator(mode="after")
     def _reserved_names(self) -> AgentGraphSpec:

@@ -9,6 +9,8 @@ Conditions (sorted by type; ``lastTransitionTime`` changes only when the status 
                       predicted by the planner while there is no measurement
   MetricsUnavailable  True while the replanner cannot read fresh measurements (Prometheus
                       unreachable, not configured, or no samples): the plan is kept as it is
+  Admitted            the graph holds room in the shared pools (False: InsufficientCapacity
+                      with its queue position, or OverBudget for its namespace)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StatusModel(ApiModel):
 
 
 class ConditionType(StrEnum):
+    ADMITTED = "Admitted"
     INFEASIBLE = "Infeasible"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     PLANNED = "Planned"
@@ -50,6 +53,10 @@ class Reason(StrEnum):
     PROMETHEUS_NOT_CONFIGURED = "PrometheusNotConfigured"
     NO_SAMPLES = "NoSamples"
     REPLAN_OFF = "ReplanOff"
+    ADMITTED = "Admitted"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    OVER_BUDGET = "OverBudget"
+    WAITING = "Waiting"
 
 
 Truth = Literal["True", "False"]
@@ -132,9 +139,28 @@ class Replan(StatusModel):
     saving_per_hour: float | None = None  # advisory: current - recommended, $/hour
 
 
+class PoolHold(StatusModel):
+    pool: str
+    units: float  # devices, or cores for CPU pools
+    pods: float
+
+
+class Admission(StatusModel):
+    """What the graph holds in the shared pools (the operator's ledger is rebuilt from these),
+    or why it waits, and where it stands in the queue."""
+
+    holds: list[PoolHold] = Field(default_factory=list, max_length=64)
+    cost_per_hour: float | None = None
+    queue_position: int | None = None  # 1: next to be admitted when room frees
+    namespace_spend_per_hour: float | None = None  # with this graph's hold
+    namespace_budget_per_hour: float | None = None
+    empty_cluster_cost_per_hour: float | None = None  # waiting: what it would cost with room
+
+
 class AgentGraphStatus(StatusModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
     plan: PlanSummary | None = None
     observed: Observed | None = None
     replan: Replan | None = None
+    admission: Admission | None = None

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
+from agentgraph.controller.ledger import Hold, Ledger
 from agentgraph.controller.prometheus import Prometheus
-from agentgraph.controller.reconcile import Outcome, World, measure, reconcile
+from agentgraph.controller.reconcile import BUDGET_ANNOTATION, Outcome, World, measure, reconcile
 from agentgraph.controller.status import condition_status
 from agentgraph.controller.work import Coalescer, Level
 
@@ -55,11 +57,12 @@ class State:
     indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
     started: bool = False
+    ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
 
 
 _state = State()
 _work = Coalescer()
-INDEXES = ("graphs", "nodes", "pods", "profiles")
+INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
 NO_WORLD = World(profiles=())
 PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
@@ -114,6 +117,39 @@ def graphs(namespace: str | None, name: str, status: kopf.Status,
     planned = condition_status(status, "Planned") == "True"
     pools = status.get("plan", {}).get("pools")
     return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
+
+
+@kopf.index(GROUP, VERSION, "agentgraphs")
+def holds(namespace: str | None, name: str, status: kopf.Status,
+          **_: Any) -> dict[tuple[str, str], Hold]:
+    """What each admitted graph's status says it holds: the ledger is seeded from these when
+    this operator starts leading (then the ledger, written first, is the truth)."""
+    namespace = _namespaced(namespace)
+    if condition_status(status, "Admitted") != "True":
+        return {}
+    admission = status.get("admission") or {}
+    try:
+        got = Hold(units={h["pool"]: float(h["units"]) for h in admission.get("holds", [])},
+                   pods={h["pool"]: float(h["pods"]) for h in admission.get("holds", [])},
+                   cost_per_hour=float(admission.get("costPerHour") or 0.0))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {(namespace, name): got}
+
+
+@kopf.index("", "v1", "namespaces")
+def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, float]:
+    """Namespaces with a $/hour budget for their graphs (agentgraph.dev/budget-per-hour)."""
+    raw = annotations.get(BUDGET_ANNOTATION)
+    if raw is None:
+        return {}
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("namespace %s: %s=%r is not a number; no budget applies", name,
+                    BUDGET_ANNOTATION, raw)
+        return {}
+    return {name: value} if value >= 0 else {}
 
 
 @kopf.index("", "v1", "nodes")
@@ -195,6 +231,23 @@ def _world(kwargs: Mapping[str, Any]) -> World:
     return World(profiles=good, bad_profiles=bad, nodes=node_list, pods=pod_list)
 
 
+async def _copy_keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
+    return {key: value for key, store in kwargs[name].items() for value in store}
+
+
+def _keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
+    """Index ``name`` as key -> value, copied on the event loop."""
+    assert _state.loop is not None
+    return asyncio.run_coroutine_threadsafe(_copy_keyed(kwargs, name),
+                                            _state.loop).result(timeout=60)
+
+
+def _retry_waiting(kwargs: Mapping[str, Any]) -> None:
+    """Room freed: the waiting graphs, first in line first, try again."""
+    for namespace, name in _state.ledger.queue():
+        _request(namespace, name, Level.FULL, kwargs)
+
+
 # ------------------------------------------------------------------------------ the work
 
 
@@ -209,10 +262,19 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         started = time.perf_counter()
         # READINESS plans nothing: the most frequent trigger copies no index.
         world = _world(kwargs) if asked is Level.FULL else NO_WORLD
+        ledger = _state.ledger
+        if asked is Level.FULL and not ledger.seeded:
+            ledger.seed(_keyed(kwargs, "holds").items())
+        before = ledger.holds.get((namespace, name))
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
                             keep_within=settings.keep_within, runtime=settings.runtime,
-                            move_cost=settings.replan.move_cost)
+                            move_cost=settings.replan.move_cost, ledger=ledger,
+                            budgets=_keyed(kwargs, "budgets") if asked is Level.FULL else None)
+        after = ledger.holds.get((namespace, name))
+        if before is not None and ledger.waiting and (after is None or any(
+                after.units.get(p, 0.0) < u - 1e-9 for p, u in before.units.items())):
+            _retry_waiting(kwargs)  # this graph gave room back
         metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
         result = ("escalated" if outcome.escalate else
                   "planned" if outcome.feasible else "infeasible")
@@ -333,10 +395,15 @@ def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "agentgraphs")
-def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-    """A deleted graph's children go by garbage collection; its metrics go here."""
+def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
+                   **kwargs: Any) -> None:
+    """A deleted graph's children go by garbage collection; its metrics and its hold go here,
+    and the graphs waiting for room try again."""
     if event.get("type") == "DELETED":
-        metrics.forget_graph(_namespaced(namespace), name)
+        key = (_namespaced(namespace), name)
+        metrics.forget_graph(*key)
+        if _state.ledger.release(key) and _state.started:
+            threading.Thread(target=_retry_waiting, args=(kwargs,), daemon=True).start()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)

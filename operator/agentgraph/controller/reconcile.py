@@ -20,10 +20,11 @@ from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
 from agentgraph.api.plan import Plan
-from agentgraph.api.status import PlanSummary
+from agentgraph.api.status import Admission, PlanSummary, PoolHold, Reason
 from agentgraph.controller import render, replanning, snapshot, status
 from agentgraph.controller.cluster import CHILD_KINDS, Cluster
 from agentgraph.controller.config import ReplanConfig
+from agentgraph.controller.ledger import Hold, Ledger
 from agentgraph.controller.prometheus import Prometheus
 from agentgraph.controller.work import Level
 from agentgraph.costs.base import CostSettings
@@ -107,7 +108,11 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
 def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FULL,
               time_limit: float = 30.0, keep_within: float = solve.KEEP_WITHIN,
               runtime: render.RuntimeSettings | None = None,
-              move_cost: float = 0.0) -> Outcome:
+              move_cost: float = 0.0, ledger: Ledger | None = None,
+              budgets: Mapping[str, float] | None = None) -> Outcome:
+    """``ledger``: admit through the shared ledger (the operator always does); without it the
+    graph plans on the live free capacity alone (tests of the rest). ``budgets``: $/hour per
+    namespace."""
     if level is Level.READINESS:
         return _readiness(cluster, obj)
     meta = obj["metadata"]
@@ -119,17 +124,25 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     written: list[str] = []
     deleted: list[str] = []
     measured: replanning.Planning | None = None
+    admitted: Admission | None = None
+    waiting: tuple[Reason, str] | None = None
     if graph is not None:
         for line in world.bad_profiles:
             log.warning("skipping invalid profile: %s", line)
         measured = replanning.planning(graph, previous)
         try:
-            plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost)
+            if ledger is None:
+                plan = plan_for(graph, obj, world, measured, time_limit, keep_within,
+                                move_cost)
+            else:
+                plan, admitted, waiting = _admit(cluster, graph, obj, world, measured,
+                                                 ledger, budgets or {}, time_limit,
+                                                 keep_within, move_cost)
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
-        if plan is not None and not plan.feasible:
+        if plan is not None and not plan.feasible and waiting is None:
             problems = list(plan.reasons)
-        if plan is not None and plan.feasible:
+        if plan is not None and plan.feasible and waiting is None:
             wanted = render.render(graph, plan, {p.name: p for p in world.profiles}, namespace,
                                    meta["uid"], runtime)
             live = {(c["kind"], c["metadata"]["name"]): c
@@ -154,34 +167,136 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                 log.info("%s/%s: applied %s; deleted %s", namespace, name,
                          ", ".join(written) or "nothing", ", ".join(deleted) or "nothing")
     new = status.build(previous, meta.get("generation"), plan, problems, ready,
-                       planned_rate=measured.rate if measured else None)
+                       planned_rate=measured.rate if measured else None, admission=admitted,
+                       waiting=waiting)
     changed = _write(cluster, obj, previous, new, problems)
     return Outcome(feasible=not problems and plan is not None, ready=ready,
                    status_written=changed, applied=written, deleted=deleted, status=new)
 
 
 def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Planning,
-             time_limit: float, keep_within: float, move_cost: float) -> Plan:
+             time_limit: float, keep_within: float, move_cost: float,
+             room: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+             unbounded: bool = False) -> Plan:
     """Snapshot (free capacity as this graph sees it, measured corrections), then plan, sized
-    for the measured rate when that is what the replanner asks for."""
+    for the measured rate when that is what the replanner asks for. ``room``: units and pods
+    per pool from the admission ledger, instead of the live pods; ``unbounded``: as if the
+    cluster were empty (what a waiting graph would cost)."""
     meta = obj["metadata"]
     key = (meta["namespace"], meta["name"])
     current = current_placement(obj.get("status") or {}, meta.get("generation"))
     placed = frozenset(pool for pool, *_ in (current or {}).values())
     settings = CostSettings()
+    units, pods = room if room is not None else (
+        snapshot.free_capacity(world.profiles, world.nodes, world.pods, key, placed),
+        snapshot.free_pods(world.profiles, world.nodes, world.pods, key, placed))
     shot = ClusterSnapshot.from_profiles(
-        world.profiles, settings,
-        capacity_units=snapshot.free_capacity(world.profiles, world.nodes, world.pods, key,
-                                              placed),
-        capacity_pods=snapshot.free_pods(world.profiles, world.nodes, world.pods, key, placed),
+        world.profiles, settings, capacity_units=units, capacity_pods=pods,
         capacity_block=snapshot.largest_free(world.profiles, world.nodes, world.pods, key),
         corrections=measured.corrections)
+    if unbounded:
+        shot = shot.without_capacity()
     sized = graph
     if measured.rate != graph.spec.sla.target_requests_per_second:
         sla = graph.spec.sla.model_copy(update={"target_requests_per_second": measured.rate})
         sized = graph.model_copy(update={"spec": graph.spec.model_copy(update={"sla": sla})})
     return solve.plan(sized, world.profiles, settings, snapshot=shot, time_limit=time_limit,
                       keep_within=keep_within, current=current, move_cost=move_cost)
+
+
+BUDGET_ANNOTATION = "agentgraph.dev/budget-per-hour"
+
+
+def hold_of(graph: AgentGraph, plan: Plan, profiles: Sequence[HardwareProfile]) -> Hold:
+    """What a plan takes from the pools: its replicas' units and pods, and its gateway's."""
+    units: dict[str, float] = {}
+    pods: dict[str, float] = {}
+    for a in plan.assignments:
+        units[a.pool] = units.get(a.pool, 0.0) + a.replicas * a.units_per_replica
+        pods[a.pool] = pods.get(a.pool, 0.0) + a.replicas
+    pool = render.gateway_pool(plan, {p.name: p for p in profiles})
+    if pool is not None:
+        n = render.gateway_replicas(graph)
+        cores = snapshot.parse_quantity(render.GATEWAY_RESOURCES["requests"]["cpu"])
+        units[pool.name] = units.get(pool.name, 0.0) + n * cores
+        pods[pool.name] = pods.get(pool.name, 0.0) + n
+    return Hold(units=units, pods=pods, cost_per_hour=plan.cost_per_hour or 0.0)
+
+
+def _admission(hold: Hold | None, ledger: Ledger, key: tuple[str, str], budget: float | None,
+               position: int | None = None, empty_cost: float | None = None) -> Admission:
+    return Admission(
+        holds=[PoolHold(pool=p, units=round(u, 4), pods=hold.pods.get(p, 0.0))
+               for p, u in sorted(hold.units.items())] if hold else [],
+        cost_per_hour=None if hold is None else round(hold.cost_per_hour, 4),
+        queue_position=position, namespace_budget_per_hour=budget,
+        namespace_spend_per_hour=round(ledger.spend(key[0]), 4),
+        empty_cluster_cost_per_hour=None if empty_cost is None else round(empty_cost, 4))
+
+
+def _admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
+           measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
+           time_limit: float, keep_within: float, move_cost: float
+           ) -> tuple[Plan, Admission, tuple[Reason, str] | None]:
+    """Plan against the pools minus what the other admitted graphs hold, under the ledger's
+    lock, and record the hold (in the ledger, then in the status) before any child is created.
+    Returns the plan, the admission to show and, when the graph must wait, why."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    budget = budgets.get(key[0])
+    with ledger.lock:
+        ledger.waiting.pop(key, None)  # back in line below only if it still must wait
+        held_units, held_pods = ledger.others(key)
+        room = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, key,
+                                           ledger.holders(), held_units, held_pods)
+        plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room)
+        mine = ledger.holds.get(key)
+        created = str(meta.get("creationTimestamp") or "")
+        if not plan.feasible:
+            empty = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
+                             unbounded=True)
+            if not empty.feasible:  # it fits nowhere: Infeasible, not a matter of room
+                return plan, _admission(mine, ledger, key, budget), None
+            short = _short(hold_of(graph, empty, world.profiles), room)
+            position = ledger.wait(key, graph.spec.priority, created, "InsufficientCapacity")
+            message = (f"the shared pools have no room for it now: {short}; queue position "
+                       f"{position} of {len(ledger.waiting)}; with room it would cost "
+                       f"${empty.cost_per_hour or 0:.4g}/hour")
+            if mine is not None:
+                message += "; the plan it holds keeps running"
+            return plan, _admission(mine, ledger, key, budget, position,
+                                    empty.cost_per_hour), (Reason.INSUFFICIENT_CAPACITY,
+                                                           message)
+        hold = hold_of(graph, plan, world.profiles)
+        spend = ledger.spend(key[0], but=key) + hold.cost_per_hour
+        if budget is not None and spend > budget * (1 + 1e-9):
+            position = ledger.wait(key, graph.spec.priority, created, "OverBudget")
+            message = (f"namespace {key[0]}: this plan's ${hold.cost_per_hour:.4g}/hour would "
+                       f"bring it to ${spend:.4g}/hour, over its budget of ${budget:.4g}/hour "
+                       f"({BUDGET_ANNOTATION}) by ${spend - budget:.4g}/hour")
+            return plan, _admission(mine, ledger, key, budget, position,
+                                    hold.cost_per_hour), (Reason.OVER_BUDGET, message)
+        changed = ledger.admit(key, hold)
+    admission = _admission(hold, ledger, key, budget)
+    if changed:  # recorded before the children exist: a restart here over-commits nothing
+        early = {**(obj.get("status") or {}), "admission": status.dump_admission(admission)}
+        cluster.patch_status(key[0], key[1], early)
+    return plan, admission, None
+
+
+def _short(need: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> str:
+    """Which pools run out, and by how much, for the plan it would have with room."""
+    units, pods = room
+    out = []
+    for pool, amount in sorted(need.units.items()):
+        free = units.get(pool, 0.0)
+        if amount > free + 1e-9:
+            out.append(f"{pool} needs {amount:.4g} units, {free:.4g} free")
+    for pool, amount in sorted(need.pods.items()):
+        free = pods.get(pool, 0.0)
+        if amount > free + 1e-9:
+            out.append(f"{pool} needs {amount:.0f} pod slots, {free:.0f} free")
+    return "; ".join(out) or "the pools it needs are held by other graphs"
 
 
 def recommend(obj: Obj, world: World, learned: replan.Learned, time_limit: float,

@@ -36,6 +36,7 @@ def _schedulable(node: Obj) -> bool:
 
 
 def _requested(pods: Iterable[Obj], graph_key: tuple[str, str],
+               skip: frozenset[tuple[str, str]] = frozenset(),
                ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """What unfinished pods of *other* workloads hold (this graph's own pods will be
     replaced): their containers' requests and one 'pods' slot each. Bound pods per node; our
@@ -52,7 +53,8 @@ def _requested(pods: Iterable[Obj], graph_key: tuple[str, str],
         pool = labels.get(LABEL_POOL)
         phase = pod.get("status", {}).get("phase")
         ours = meta.get("namespace") == namespace and labels.get(LABEL_GRAPH) == graph
-        if ours or phase in TERMINAL_PHASES or not (node_name or pool):
+        held = (meta.get("namespace"), labels.get(LABEL_GRAPH)) in skip
+        if ours or held or phase in TERMINAL_PHASES or not (node_name or pool):
             continue
         used = (by_node.setdefault(node_name, {}) if node_name
                 else by_pool.setdefault(pool, {}))
@@ -135,3 +137,38 @@ def free_pods(
     """Pods each pool's nodes can still take for this graph: allocatable ``pods`` (a node object
     always states it; the kubelet's default is 110) minus the pods bound there."""
     return _free(profiles, nodes, pods, graph_key, lambda _: "pods", placed=placed)
+
+
+def admission_capacity(
+    profiles: Iterable[HardwareProfile],
+    nodes: Iterable[Obj],
+    pods: Iterable[Obj],
+    graph_key: tuple[str, str],
+    holders: frozenset[tuple[str, str]],
+    held_units: Mapping[str, float],
+    held_pods: Mapping[str, float],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Units and pod slots per pool a graph may plan into under admission: what the Ready,
+    schedulable nodes have, minus what workloads outside the ledger request there (pods of
+    other kinds, and of graphs that hold nothing), minus what the other admitted graphs hold
+    (``held_*``: the ledger; their own pods are not counted again)."""
+    profiles = list(profiles)
+    nodes = list(nodes)
+    requested, pending = _requested(pods, graph_key, holders)
+    units: dict[str, float] = {}
+    slots: dict[str, float] = {}
+    for profile in profiles:
+        for out, resource, held in ((units, _unit_resource(profile), held_units),
+                                    (slots, "pods", held_pods)):
+            total = 0.0
+            for node in nodes:
+                labels = node.get("metadata", {}).get("labels", {})
+                if not matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
+                    continue
+                have = parse_quantity(node.get("status", {}).get("allocatable", {})
+                                      .get(resource, 0))
+                taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
+                total += max(0.0, have - taken)
+            total -= pending.get(profile.name, {}).get(resource, 0.0)
+            out[profile.name] = max(0.0, total - held.get(profile.name, 0.0))
+    return units, slots

@@ -17,6 +17,7 @@ import pydantic
 
 from agentgraph.api.plan import Plan
 from agentgraph.api.status import (
+    Admission,
     AgentGraphStatus,
     Condition,
     ConditionType,
@@ -63,6 +64,11 @@ def parse(st: Mapping[str, Any] | None) -> AgentGraphStatus:
 
 def dump(st: AgentGraphStatus) -> Wire:
     out: Wire = st.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return out
+
+
+def dump_admission(admission: Admission) -> Wire:
+    out: Wire = admission.model_dump(by_alias=True, exclude_none=True, mode="json")
     return out
 
 
@@ -140,22 +146,43 @@ def build(
     ready: bool,
     at: str | None = None,
     planned_rate: float | None = None,
+    admission: Admission | None = None,
+    waiting: tuple[Reason, str] | None = None,
 ) -> Wire:
     """The whole status after a FULL reconcile. ``problems`` non-empty means Infeasible (invalid
-    spec or no plan). The replanner's parts are kept as they were."""
+    spec or no plan). ``waiting`` (with ``admission``): the spec is fine but the shared pools or
+    the namespace's budget have no room for it now. The replanner's parts are kept as they
+    were; without ``admission`` so is the admission."""
     at = at or now()
     prev = parse(previous)
     old = prev.conditions
-    feasible = plan is not None and plan.feasible and not problems
+    feasible = plan is not None and plan.feasible and not problems and waiting is None
     reasons = sorted(problems) if problems else []
     shown = summary(plan, planned_rate) if feasible and plan is not None else prev.plan
+    if waiting is not None:
+        infeasible = condition(ConditionType.INFEASIBLE, False, Reason.WAITING,
+                               "the spec can be planned; see the Admitted condition",
+                               generation, old, at)
+        planned = condition(ConditionType.PLANNED, False, Reason.WAITING,
+                            "waiting for admission: see the Admitted condition", generation,
+                            old, at)
+    else:
+        infeasible = condition(ConditionType.INFEASIBLE, not feasible,
+                               Reason.NO_FEASIBLE_PLAN if not feasible else Reason.PLANNED,
+                               "\n".join(reasons), generation, old, at)
+        planned = condition(ConditionType.PLANNED, feasible,
+                            Reason.PLANNED if feasible else Reason.NO_FEASIBLE_PLAN,
+                            "" if feasible else "see the Infeasible condition", generation,
+                            old, at)
+    admitted: list[Condition] = [c for c in old if c.type is ConditionType.ADMITTED]
+    if admission is not None:
+        admitted = [condition(ConditionType.ADMITTED, waiting is None,
+                              waiting[0] if waiting else Reason.ADMITTED,
+                              waiting[1] if waiting else "", generation, old, at)]
     conditions = [
-        condition(ConditionType.INFEASIBLE, not feasible,
-                  Reason.NO_FEASIBLE_PLAN if not feasible else Reason.PLANNED,
-                  "\n".join(reasons), generation, old, at),
-        condition(ConditionType.PLANNED, feasible,
-                  Reason.PLANNED if feasible else Reason.NO_FEASIBLE_PLAN,
-                  "" if feasible else "see the Infeasible condition", generation, old, at),
+        infeasible,
+        planned,
+        *admitted,
         condition(ConditionType.READY, feasible and ready,
                   Reason.AVAILABLE if feasible and ready else
                   (Reason.PROGRESSING if feasible else Reason.NO_FEASIBLE_PLAN), "",
@@ -165,7 +192,9 @@ def build(
     ]
     # An invalid or infeasible spec keeps showing the last good plan: nothing is torn down.
     return dump(AgentGraphStatus(observed_generation=generation, conditions=_sorted(conditions),
-                                 plan=shown, observed=prev.observed, replan=prev.replan))
+                                 plan=shown, observed=prev.observed, replan=prev.replan,
+                                 admission=admission if admission is not None
+                                 else prev.admission))
 
 
 def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> Wire:

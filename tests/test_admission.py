@@ -1,0 +1,114 @@
+"""Admission through one ledger: a graph plans against the pools minus what the others hold,
+its hold is recorded before its children, one that does not fit waits with its queue
+position and the pools that ran out, a namespace budget is enforced, and a restarted operator
+rebuilds the ledger from the statuses (the real cluster is in e2e/test_admission.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentgraph.controller import reconcile as rc
+from agentgraph.controller import status
+from agentgraph.controller.ledger import Ledger
+from builders import make_graph, make_pool, tool
+from test_reconcile import FakeCluster
+
+POOL = make_pool("p", cpu=True, cores=16, price=1.0)
+NODE = {"metadata": {"name": "p-0", "labels": {"pool": "p"}}, "spec": {},
+        "status": {"allocatable": {"cpu": "16", "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True"}]}}
+WORLD = rc.World(profiles=[POOL], nodes=[NODE])
+
+
+def graph_obj(name: str, created: str, namespace: str = "ns", rate: float = 10) -> Any:
+    step = tool("call", latency=0.1)
+    step["tool"].update(cpuCores=6, concurrency=1)  # 2 replicas at 10/s: 12 of the 16 cores
+    obj = make_graph([step], sla=1, rate=rate, name=name).model_dump(
+        by_alias=True, exclude_none=True, mode="json")
+    obj["metadata"].update(namespace=namespace, uid=f"uid-{name}", generation=1,
+                           creationTimestamp=created)
+    return obj
+
+
+def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in st["conditions"] if c["type"] == type_)
+
+
+def test_two_graphs_that_fit_alone_but_not_together_queue_then_admit() -> None:
+    ledger = Ledger()
+    first = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
+    one = rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert one.feasible and cond(one.status, "Admitted")["status"] == "True"
+    assert one.status["admission"]["holds"] == [{"pool": "p", "units": 12.5, "pods": 3}]
+    # the hold was written before any child
+    assert first.writes.index("status") < min(i for i, w in enumerate(first.writes)
+                                              if w.startswith("Deployment"))
+    two = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    admitted = cond(two.status, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "InsufficientCapacity")
+    assert "p needs 12.5 units, 3.5 free" in admitted["message"]
+    assert "queue position 1 of 1" in admitted["message"]
+    assert two.status["admission"]["queuePosition"] == 1
+    assert two.status["admission"]["emptyClusterCostPerHour"] > 0
+    assert cond(two.status, "Infeasible")["status"] == "False"  # the spec is fine
+    assert not second.objects  # no pod of a waiting graph is created
+    assert ledger.release(("ns", "a"))
+    again = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert cond(again.status, "Admitted")["status"] == "True" and second.objects
+    assert not ledger.waiting
+
+
+def test_an_admitted_graph_keeps_its_room_when_another_arrives() -> None:
+    ledger = Ledger()
+    first = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    placed = first.graph_obj["status"]["plan"]
+    second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
+    rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    first.writes.clear()
+    again = rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert first.graph_obj["status"]["plan"] == placed and not again.applied
+
+
+def test_a_namespace_over_its_budget_is_not_admitted_and_told_by_how_much() -> None:
+    ledger = Ledger()
+    cluster = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    out = rc.reconcile(cluster, cluster.graph("ns", "a"), WORLD, ledger=ledger,  # type: ignore[arg-type]
+                       budgets={"ns": 0.01})
+    admitted = cond(out.status, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "OverBudget")
+    assert "over its budget of $0.01/hour" in admitted["message"]
+    assert "agentgraph.dev/budget-per-hour" in admitted["message"] and not cluster.objects
+    fine = rc.reconcile(cluster, cluster.graph("ns", "a"), WORLD, ledger=ledger,  # type: ignore[arg-type]
+                        budgets={"ns": 100.0})
+    assert cond(fine.status, "Admitted")["status"] == "True"
+    assert fine.status["admission"]["namespaceSpendPerHour"] > 0
+    assert fine.status["admission"]["namespaceBudgetPerHour"] == 100.0
+
+
+def test_a_restarted_operator_rebuilds_the_ledger_from_the_statuses() -> None:
+    ledger = Ledger()
+    first = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    st = status.parse(first.graph_obj["status"])
+    assert st.admission is not None
+    from agentgraph.controller.ledger import Hold
+
+    restarted = Ledger()
+    restarted.seed([(("ns", "a"), Hold(units={h.pool: h.units for h in st.admission.holds},
+                                       pods={h.pool: h.pods for h in st.admission.holds},
+                                       cost_per_hour=st.admission.cost_per_hour or 0))])
+    second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
+    two = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=restarted)  # type: ignore[arg-type]
+    assert cond(two.status, "Admitted")["reason"] == "InsufficientCapacity"
+    assert len(restarted.holds) == 1  # nothing held twice, nothing over-committed
+
+
+def test_priority_then_age_orders_the_queue() -> None:
+    ledger = Ledger()
+    ledger.wait(("ns", "old"), 0, "2026-12-01T00:00:00Z", "x")
+    ledger.wait(("ns", "new"), 0, "2026-12-01T00:00:09Z", "x")
+    ledger.wait(("ns", "vip"), 5, "2026-12-01T00:00:10Z", "x")
+    assert ledger.queue() == [("ns", "vip"), ("ns", "old"), ("ns", "new")]
+    assert ledger.position(("ns", "new")) == 3
