@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -29,54 +28,25 @@ from kubernetes import client, config
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
-from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL, MANAGED_BY
-from agentgraph.controller import metrics, snapshot
+from agentgraph.api.naming import LABEL_GRAPH, MANAGED_BY
+from agentgraph.controller import indexes, metrics, snapshot
 from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
-from agentgraph.controller.ledger import Hold, Ledger
+from agentgraph.controller.measuring import measure
 from agentgraph.controller.prometheus import Prometheus
-from agentgraph.controller.reconcile import BUDGET_ANNOTATION, Outcome, World, measure, reconcile
-from agentgraph.controller.status import condition_status
+from agentgraph.controller.reconcile import Outcome, reconcile
+from agentgraph.controller.state import STATE
 from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
-
-
-@dataclass
-class State:
-    """Everything the handlers share, set up by main() and kopf's start-up handlers."""
-
-    config: OperatorConfig = field(default_factory=OperatorConfig)
-    cluster: Cluster | None = None
-    prometheus: Prometheus | None = None
-    leader: Leader | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
-    fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
-    started: bool = False
-    ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
-
-
-_state = State()
 _work = Coalescer()
-INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
-NO_WORLD = World(profiles=())
-PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
-_profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
-
-
-def _namespaced(namespace: str | None) -> str:
-    if namespace is None:  # AgentGraphs, Pods and Deployments are all namespaced
-        raise kopf.PermanentError("a namespaced object arrived without a namespace")
-    return namespace
 
 
 def _cluster() -> Cluster:
-    assert _state.cluster is not None, "main() sets up the cluster client"
-    return _state.cluster
+    assert STATE.cluster is not None, "main() sets up the cluster client"
+    return STATE.cluster
 
 
 # ------------------------------------------------------------------------------ settings
@@ -91,160 +61,23 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # one leader by Lease instead of kopf's peering CRDs
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
-    _state.loop = asyncio.get_running_loop()
-    _state.tasks.append(asyncio.create_task(_every(_state.config.resync_seconds, Level.FULL)))
-    _state.tasks.append(asyncio.create_task(_every(_state.config.replan.interval_seconds,
+    STATE.loop = asyncio.get_running_loop()
+    STATE.tasks.append(asyncio.create_task(_every(STATE.config.resync_seconds, Level.FULL)))
+    STATE.tasks.append(asyncio.create_task(_every(STATE.config.replan.interval_seconds,
                                                    Level.MEASURE)))
 
 
 @kopf.on.cleanup()
 def release(**_: Any) -> None:
-    for task in _state.tasks:
+    for task in STATE.tasks:
         task.cancel()
-    if _state.leader is not None:
-        _state.leader.release()
-
-
-# ------------------------------------------------------------------------------ indexes
-# Index functions keep only what the planner reads: memory stays small at thousands of pods.
-
-
-@kopf.index(GROUP, VERSION, "agentgraphs")
-def graphs(namespace: str | None, name: str, status: kopf.Status,
-           **_: Any) -> dict[tuple[str, str], frozenset[str] | None]:
-    """Each graph and the pools its running plan uses (None while it has no plan)."""
-    namespace = _namespaced(namespace)
-    planned = condition_status(status, "Planned") == "True"
-    pools = status.get("plan", {}).get("pools")
-    return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
-
-
-@kopf.index(GROUP, VERSION, "agentgraphs")
-def holds(namespace: str | None, name: str, status: kopf.Status,
-          **_: Any) -> dict[tuple[str, str], Hold]:
-    """What each admitted graph's status says it holds: the ledger is seeded from these when
-    this operator starts leading (then the ledger, written first, is the truth)."""
-    namespace = _namespaced(namespace)
-    if condition_status(status, "Admitted") != "True":
-        return {}
-    admission = status.get("admission") or {}
-    try:
-        got = Hold(units={h["pool"]: float(h["units"]) for h in admission.get("holds", [])},
-                   pods={h["pool"]: float(h["pods"]) for h in admission.get("holds", [])},
-                   cost_per_hour=float(admission.get("costPerHour") or 0.0))
-    except (KeyError, TypeError, ValueError):
-        return {}
-    return {(namespace, name): got}
-
-
-@kopf.index("", "v1", "namespaces")
-def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, float]:
-    """Namespaces with a $/hour budget for their graphs (agentgraph.dev/budget-per-hour)."""
-    raw = annotations.get(BUDGET_ANNOTATION)
-    if raw is None:
-        return {}
-    try:
-        value = float(raw)
-    except ValueError:
-        log.warning("namespace %s: %s=%r is not a number; no budget applies", name,
-                    BUDGET_ANNOTATION, raw)
-        return {}
-    return {name: value} if value >= 0 else {}
-
-
-@kopf.index("", "v1", "nodes")
-def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
-          **_: Any) -> dict[str, dict[str, Any]]:
-    return {name: {"metadata": {"name": name, "labels": dict(labels)},
-                   "spec": {"unschedulable": bool(spec.get("unschedulable"))},
-                   "status": {"allocatable": dict(status.get("allocatable", {})),
-                              "conditions": [dict(c) for c in status.get("conditions", [])
-                                             if c.get("type") == "Ready"]}}}
-
-
-@kopf.index("", "v1", "pods")
-def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
-         status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Pods that hold resources on a node (bound and not finished), and our step pods that are
-    not bound yet (they will take their pool's resources)."""
-    namespace = _namespaced(namespace)
-    node = spec.get("nodeName")
-    pool = labels.get(LABEL_POOL)
-    if (not node and not pool) or status.get("phase") in snapshot.TERMINAL_PHASES:
-        return {}
-    containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
-                  for c in spec.get("containers", [])]
-    kept = {k: v for k, v in ((LABEL_GRAPH, labels.get(LABEL_GRAPH)), (LABEL_POOL, pool)) if v}
-    return {(namespace, name): {
-        "metadata": {"namespace": namespace, "labels": kept},
-        "spec": {"nodeName": node, "containers": containers},
-        "status": {"phase": status.get("phase")}}}
-
-
-@kopf.index(GROUP, VERSION, "hardwareprofiles")
-def profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    return {name: {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}}
-
-
-def _values(index: Mapping[Any, Any]) -> list[Any]:
-    return [value for store in index.values() for value in store]
-
-
-async def _copy(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
-    """Runs on the event loop, where kopf writes its indexes: a consistent copy."""
-    return [_values(kwargs[name]) for name in names]
-
-
-def _read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
-    """The indexes ``names``, copied from a handler's worker thread (never call on the loop)."""
-    assert _state.loop is not None
-    return asyncio.run_coroutine_threadsafe(_copy(kwargs, *names),
-                                            _state.loop).result(timeout=60)
-
-
-def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
-    meta = raw.get("metadata", {})
-    key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
-    if key not in _profiles_seen:
-        if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
-            _profiles_seen.clear()
-        try:
-            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
-        except pydantic.ValidationError as e:
-            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
-    return _profiles_seen[key]
-
-
-def _validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
-    good, bad = [], []
-    for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):
-        profile, problems = _profile(raw)
-        if profile is not None:
-            good.append(profile)
-        bad.extend(problems)
-    return good, bad
-
-
-def _world(kwargs: Mapping[str, Any]) -> World:
-    raw_profiles, node_list, pod_list = _read(kwargs, "profiles", "nodes", "pods")
-    good, bad = _validated(raw_profiles)
-    return World(profiles=good, bad_profiles=bad, nodes=node_list, pods=pod_list)
-
-
-async def _copy_keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
-    return {key: value for key, store in kwargs[name].items() for value in store}
-
-
-def _keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
-    """Index ``name`` as key -> value, copied on the event loop."""
-    assert _state.loop is not None
-    return asyncio.run_coroutine_threadsafe(_copy_keyed(kwargs, name),
-                                            _state.loop).result(timeout=60)
+    if STATE.leader is not None:
+        STATE.leader.release()
 
 
 def _retry_waiting(kwargs: Mapping[str, Any]) -> None:
     """Room freed: the waiting graphs, first in line first, try again."""
-    for namespace, name in _state.ledger.queue():
+    for namespace, name in STATE.ledger.queue():
         _request(namespace, name, Level.FULL, kwargs)
 
 
@@ -253,24 +86,25 @@ def _retry_waiting(kwargs: Mapping[str, Any]) -> None:
 
 def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
     """Reconcile one graph at ``level``, or leave it to the thread already reconciling it."""
-    if _state.indexes is None:
-        _state.indexes = {k: kwargs[k] for k in INDEXES}  # live views, for the loops
+    if STATE.indexes is None:
+        STATE.indexes = {k: kwargs[k] for k in indexes.INDEXES}  # live views, for the loops
 
-    settings = _state.config
+    settings = STATE.config
 
     def once(obj: dict[str, Any], asked: Level) -> Outcome:
         started = time.perf_counter()
         # READINESS plans nothing: the most frequent trigger copies no index.
-        world = _world(kwargs) if asked is Level.FULL else NO_WORLD
-        ledger = _state.ledger
+        world = indexes.world(kwargs) if asked is Level.FULL else indexes.NO_WORLD
+        ledger = STATE.ledger
         if asked is Level.FULL and not ledger.seeded:
-            ledger.seed(_keyed(kwargs, "holds").items())
+            ledger.seed(indexes.keyed(kwargs, "holds").items())
         before = ledger.holds.get((namespace, name))
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
                             keep_within=settings.keep_within, runtime=settings.runtime,
                             move_cost=settings.replan.move_cost, ledger=ledger,
-                            budgets=_keyed(kwargs, "budgets") if asked is Level.FULL else None)
+                            budgets=(indexes.keyed(kwargs, "budgets") if asked is Level.FULL
+                                     else None))
         after = ledger.holds.get((namespace, name))
         if before is not None and ledger.waiting and (after is None or any(
                 after.units.get(p, 0.0) < u - 1e-9 for p, u in before.units.items())):
@@ -310,10 +144,11 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
 def _measure(cluster: Cluster, obj: dict[str, Any], kwargs: Mapping[str, Any]) -> Level:
     """The replanner's pass; the level to reconcile at after it: FULL when what was learned
     changes the plan's inputs (auto mode), else READINESS (a MEASURE stands in for one)."""
-    settings = _state.config
+    settings = STATE.config
     started = time.perf_counter()
-    outcome = measure(cluster, obj, lambda: _world(kwargs), _state.prometheus, settings.replan,
-                      time.time(), settings.solver_time_limit_seconds, settings.keep_within)
+    outcome = measure(cluster, obj, lambda: indexes.world(kwargs), STATE.prometheus,
+                      settings.replan, time.time(), settings.solver_time_limit_seconds,
+                      settings.keep_within)
     metrics.REPLAN_SECONDS.observe(time.perf_counter() - started)
     if outcome is None:
         return Level.READINESS
@@ -329,7 +164,7 @@ def _measure(cluster: Cluster, obj: dict[str, Any], kwargs: Mapping[str, Any]) -
 @kopf.on.create(GROUP, VERSION, "agentgraphs")
 @kopf.on.update(GROUP, VERSION, "agentgraphs", field="spec")
 def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _request(_namespaced(namespace), name, Level.FULL, kwargs)
+    _request(indexes.namespaced(namespace), name, Level.FULL, kwargs)
 
 
 async def _every(interval: float, level: Level) -> None:
@@ -340,7 +175,7 @@ async def _every(interval: float, level: Level) -> None:
     up in Argo CD's diff)."""
     while True:
         await asyncio.sleep(interval)
-        indexes = _state.indexes
+        indexes = STATE.indexes
         if indexes is None:
             continue  # no handler has run yet: kopf is still listing
         for namespace, name in list(indexes["graphs"]):
@@ -368,15 +203,15 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     """A node joining, leaving or changing in a pool replans the graphs on that pool (and those
     without a plan, which it may now fit). Heartbeats (nothing we read changed) do nothing."""
     name = body.get("metadata", {}).get("name")
-    seen = _state.fingerprints
+    seen = STATE.fingerprints
     mark = None if event.get("type") == "DELETED" else _fingerprint(body)
     before = seen.get(name)
     if before == mark:
         return
     seen[name] = mark
-    if not _state.started:
+    if not STATE.started:
         return  # the initial listing: each graph is reconciled on resume anyway
-    known, _ = _validated(_read(kwargs, "profiles")[0])
+    known, _ = indexes.validated(indexes.read(kwargs, "profiles")[0])
     labels = dict(body.get("metadata", {}).get("labels", {}))
     pools = _pools_of(labels, known) | (_pools_of(dict(before[0]), known) if before else set())
     for (namespace, graph), store in list(kwargs["graphs"].items()):
@@ -388,7 +223,7 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "hardwareprofiles")
 def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
     """A profile changed: prices, speeds or pools may all differ, so every graph replans."""
-    if not _state.started:
+    if not STATE.started:
         return
     for namespace, graph in list(kwargs["graphs"]):
         _request(namespace, graph, Level.FULL, kwargs)
@@ -400,9 +235,9 @@ def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
     """A deleted graph's children go by garbage collection; its metrics and its hold go here,
     and the graphs waiting for room try again."""
     if event.get("type") == "DELETED":
-        key = (_namespaced(namespace), name)
+        key = (indexes.namespaced(namespace), name)
         metrics.forget_graph(*key)
-        if _state.ledger.release(key) and _state.started:
+        if STATE.ledger.release(key) and STATE.started:
             threading.Thread(target=_retry_waiting, args=(kwargs,), daemon=True).start()
 
 
@@ -410,13 +245,13 @@ def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
 def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     """A step's Deployment changed (pods became available, or someone edited it)."""
     graph = labels.get(LABEL_GRAPH)
-    if _state.started and graph:
-        _request(_namespaced(namespace), graph, Level.READINESS, kwargs)
+    if STATE.started and graph:
+        _request(indexes.namespaced(namespace), graph, Level.READINESS, kwargs)
 
 
 @kopf.on.startup()
 def started(**_: Any) -> None:
-    _state.started = True
+    STATE.started = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    _state.cluster, _state.config = Cluster(api), settings
+    STATE.cluster, STATE.config = Cluster(api), settings
     if settings.prometheus_url:
-        _state.prometheus = Prometheus(settings.prometheus_url)
+        STATE.prometheus = Prometheus(settings.prometheus_url)
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port)
     shipped: list[HardwareProfile] = []
@@ -464,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     leader = Leader(api, settings.lease_namespace_or_default)
     with standby_health(settings.liveness):
         leader.acquire()  # a standby waits here, alive, until the Lease is free
-    _state.leader = leader
+    STATE.leader = leader
     if settings.profiles_file:
         installed_profiles.install(api, shipped)
     kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)

@@ -1,0 +1,109 @@
+"""Admission: plan a graph against the pools minus what the other admitted graphs hold, under
+the ledger's lock, and record its hold before any child exists (controller/ledger.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from agentgraph.api.graph import AgentGraph
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.plan import Plan
+from agentgraph.api.status import Admission, PoolHold, Reason
+from agentgraph.controller import render, replanning, snapshot, status
+from agentgraph.controller.cluster import Cluster
+from agentgraph.controller.ledger import Hold, Ledger
+from agentgraph.controller.planning import Obj, World, plan_for
+
+BUDGET_ANNOTATION = "agentgraph.dev/budget-per-hour"
+
+
+def hold_of(graph: AgentGraph, plan: Plan, profiles: Sequence[HardwareProfile]) -> Hold:
+    """What a plan takes from the pools: its replicas' units and pods, and its gateway's."""
+    units: dict[str, float] = {}
+    pods: dict[str, float] = {}
+    for a in plan.assignments:
+        units[a.pool] = units.get(a.pool, 0.0) + a.replicas * a.units_per_replica
+        pods[a.pool] = pods.get(a.pool, 0.0) + a.replicas
+    pool = render.gateway_pool(plan, {p.name: p for p in profiles})
+    if pool is not None:
+        n = render.gateway_replicas(graph)
+        cores = snapshot.parse_quantity(render.GATEWAY_RESOURCES["requests"]["cpu"])
+        units[pool.name] = units.get(pool.name, 0.0) + n * cores
+        pods[pool.name] = pods.get(pool.name, 0.0) + n
+    return Hold(units=units, pods=pods, cost_per_hour=plan.cost_per_hour or 0.0)
+
+
+def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str], budget: float | None,
+               position: int | None = None, empty_cost: float | None = None) -> Admission:
+    return Admission(
+        holds=[PoolHold(pool=p, units=round(u, 4), pods=hold.pods.get(p, 0.0))
+               for p, u in sorted(hold.units.items())] if hold else [],
+        cost_per_hour=None if hold is None else round(hold.cost_per_hour, 4),
+        queue_position=position, namespace_budget_per_hour=budget,
+        namespace_spend_per_hour=round(ledger.spend(key[0]), 4),
+        empty_cluster_cost_per_hour=None if empty_cost is None else round(empty_cost, 4))
+
+
+def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
+           measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
+           time_limit: float, keep_within: float, move_cost: float
+           ) -> tuple[Plan, Admission, tuple[Reason, str] | None]:
+    """Plan against the pools minus what the other admitted graphs hold, under the ledger's
+    lock, and record the hold (in the ledger, then in the status) before any child is created.
+    Returns the plan, the admission to show and, when the graph must wait, why."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    budget = budgets.get(key[0])
+    with ledger.lock:
+        ledger.waiting.pop(key, None)  # back in line below only if it still must wait
+        held_units, held_pods = ledger.others(key)
+        room = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, key,
+                                           ledger.holders(), held_units, held_pods)
+        plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room)
+        mine = ledger.holds.get(key)
+        created = str(meta.get("creationTimestamp") or "")
+        if not plan.feasible:
+            empty = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
+                             unbounded=True)
+            if not empty.feasible:  # it fits nowhere: Infeasible, not a matter of room
+                return plan, admission_of(mine, ledger, key, budget), None
+            short = _short(hold_of(graph, empty, world.profiles), room)
+            position = ledger.wait(key, graph.spec.priority, created, "InsufficientCapacity")
+            message = (f"the shared pools have no room for it now: {short}; queue position "
+                       f"{position} of {len(ledger.waiting)}; with room it would cost "
+                       f"${empty.cost_per_hour or 0:.4g}/hour")
+            if mine is not None:
+                message += "; the plan it holds keeps running"
+            return plan, admission_of(mine, ledger, key, budget, position,
+                                    empty.cost_per_hour), (Reason.INSUFFICIENT_CAPACITY,
+                                                           message)
+        hold = hold_of(graph, plan, world.profiles)
+        spend = ledger.spend(key[0], but=key) + hold.cost_per_hour
+        if budget is not None and spend > budget * (1 + 1e-9):
+            position = ledger.wait(key, graph.spec.priority, created, "OverBudget")
+            message = (f"namespace {key[0]}: this plan's ${hold.cost_per_hour:.4g}/hour would "
+                       f"bring it to ${spend:.4g}/hour, over its budget of ${budget:.4g}/hour "
+                       f"({BUDGET_ANNOTATION}) by ${spend - budget:.4g}/hour")
+            return plan, admission_of(mine, ledger, key, budget, position,
+                                    hold.cost_per_hour), (Reason.OVER_BUDGET, message)
+        changed = ledger.admit(key, hold)
+    admission = admission_of(hold, ledger, key, budget)
+    if changed:  # recorded before the children exist: a restart here over-commits nothing
+        early = {**(obj.get("status") or {}), "admission": status.dump_admission(admission)}
+        cluster.patch_status(key[0], key[1], early)
+    return plan, admission, None
+
+
+def _short(need: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> str:
+    """Which pools run out, and by how much, for the plan it would have with room."""
+    units, pods = room
+    out = []
+    for pool, amount in sorted(need.units.items()):
+        free = units.get(pool, 0.0)
+        if amount > free + 1e-9:
+            out.append(f"{pool} needs {amount:.4g} units, {free:.4g} free")
+    for pool, amount in sorted(need.pods.items()):
+        free = pods.get(pool, 0.0)
+        if amount > free + 1e-9:
+            out.append(f"{pool} needs {amount:.0f} pod slots, {free:.0f} free")
+    return "; ".join(out) or "the pools it needs are held by other graphs"

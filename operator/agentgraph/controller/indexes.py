@@ -1,0 +1,175 @@
+"""The operator's caches: kopf indexes of AgentGraphs, the holds their statuses record,
+namespaces' budgets, Nodes, Pods and HardwareProfiles, and copies of them taken on the event
+loop. Index functions keep only what the planner reads: memory stays small at thousands of pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import pydantic
+
+from agentgraph.api import GROUP, VERSION
+from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.loading import validation_lines
+from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
+from agentgraph.controller import snapshot
+from agentgraph.controller.admission import BUDGET_ANNOTATION
+from agentgraph.controller.ledger import Hold
+from agentgraph.controller.planning import World
+from agentgraph.controller.state import STATE
+from agentgraph.controller.status import condition_status
+
+log = logging.getLogger("agentgraph.operator")
+INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
+NO_WORLD = World(profiles=())
+PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
+_profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
+
+
+def namespaced(namespace: str | None) -> str:
+    if namespace is None:  # AgentGraphs, Pods and Deployments are all namespaced
+        raise kopf.PermanentError("a namespaced object arrived without a namespace")
+    return namespace
+
+
+
+
+@kopf.index(GROUP, VERSION, "agentgraphs")
+def graphs(namespace: str | None, name: str, status: kopf.Status,
+           **_: Any) -> dict[tuple[str, str], frozenset[str] | None]:
+    """Each graph and the pools its running plan uses (None while it has no plan)."""
+    namespace = namespaced(namespace)
+    planned = condition_status(status, "Planned") == "True"
+    pools = status.get("plan", {}).get("pools")
+    return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
+
+
+@kopf.index(GROUP, VERSION, "agentgraphs")
+def holds(namespace: str | None, name: str, status: kopf.Status,
+          **_: Any) -> dict[tuple[str, str], Hold]:
+    """What each graph's status says it holds (written before its children, so a hold whose
+    reconcile never finished counts too): the ledger is seeded from these when this operator
+    starts leading (then the ledger, written first, is the truth)."""
+    namespace = namespaced(namespace)
+    admission = status.get("admission") or {}
+    if not admission.get("holds"):
+        return {}
+    try:
+        got = Hold(units={h["pool"]: float(h["units"]) for h in admission.get("holds", [])},
+                   pods={h["pool"]: float(h["pods"]) for h in admission.get("holds", [])},
+                   cost_per_hour=float(admission.get("costPerHour") or 0.0))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {(namespace, name): got}
+
+
+@kopf.index("", "v1", "namespaces")
+def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, float]:
+    """Namespaces with a $/hour budget for their graphs (agentgraph.dev/budget-per-hour)."""
+    raw = annotations.get(BUDGET_ANNOTATION)
+    if raw is None:
+        return {}
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("namespace %s: %s=%r is not a number; no budget applies", name,
+                    BUDGET_ANNOTATION, raw)
+        return {}
+    return {name: value} if value >= 0 else {}
+
+
+@kopf.index("", "v1", "nodes")
+def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+          **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: {"metadata": {"name": name, "labels": dict(labels)},
+                   "spec": {"unschedulable": bool(spec.get("unschedulable"))},
+                   "status": {"allocatable": dict(status.get("allocatable", {})),
+                              "conditions": [dict(c) for c in status.get("conditions", [])
+                                             if c.get("type") == "Ready"]}}}
+
+
+@kopf.index("", "v1", "pods")
+def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
+         status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods that hold resources on a node (bound and not finished), and our step pods that are
+    not bound yet (they will take their pool's resources)."""
+    namespace = namespaced(namespace)
+    node = spec.get("nodeName")
+    pool = labels.get(LABEL_POOL)
+    if (not node and not pool) or status.get("phase") in snapshot.TERMINAL_PHASES:
+        return {}
+    containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
+                  for c in spec.get("containers", [])]
+    kept = {k: v for k, v in ((LABEL_GRAPH, labels.get(LABEL_GRAPH)), (LABEL_POOL, pool)) if v}
+    return {(namespace, name): {
+        "metadata": {"namespace": namespace, "labels": kept},
+        "spec": {"nodeName": node, "containers": containers},
+        "status": {"phase": status.get("phase")}}}
+
+
+@kopf.index(GROUP, VERSION, "hardwareprofiles")
+def profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}}
+
+
+def _values(index: Mapping[Any, Any]) -> list[Any]:
+    return [value for store in index.values() for value in store]
+
+
+async def _copy(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
+    """Runs on the event loop, where kopf writes its indexes: a consistent copy."""
+    return [_values(kwargs[name]) for name in names]
+
+
+def read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
+    """The indexes ``names``, copied from a handler's worker thread (never call on the loop)."""
+    assert STATE.loop is not None
+    return asyncio.run_coroutine_threadsafe(_copy(kwargs, *names),
+                                            STATE.loop).result(timeout=60)
+
+
+def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
+    meta = raw.get("metadata", {})
+    key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
+    if key not in _profiles_seen:
+        if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
+            _profiles_seen.clear()
+        try:
+            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
+        except pydantic.ValidationError as e:
+            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
+    return _profiles_seen[key]
+
+
+def validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
+    good, bad = [], []
+    for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):
+        profile, problems = _profile(raw)
+        if profile is not None:
+            good.append(profile)
+        bad.extend(problems)
+    return good, bad
+
+
+def world(kwargs: Mapping[str, Any]) -> World:
+    raw_profiles, node_list, pod_list = read(kwargs, "profiles", "nodes", "pods")
+    good, bad = validated(raw_profiles)
+    return World(profiles=good, bad_profiles=bad, nodes=node_list, pods=pod_list)
+
+
+async def _copy_keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
+    return {key: value for key, store in kwargs[name].items() for value in store}
+
+
+def keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
+    """Index ``name`` as key -> value, copied on the event loop."""
+    assert STATE.loop is not None
+    return asyncio.run_coroutine_threadsafe(_copy_keyed(kwargs, name),
+                                            STATE.loop).result(timeout=60)
+
+

@@ -1,0 +1,33 @@
+"""What the operator's handlers share: one typed object, set up by main() and kopf's start-up
+handlers (no module-level dict)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentgraph.controller.cluster import Cluster
+from agentgraph.controller.config import OperatorConfig
+from agentgraph.controller.leader import Leader
+from agentgraph.controller.ledger import Ledger
+from agentgraph.controller.prometheus import Prometheus
+
+
+@dataclass
+class State:
+    """Everything the handlers share, set up by main() and kopf's start-up handlers."""
+
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    cluster: Cluster | None = None
+    prometheus: Prometheus | None = None
+    leader: Leader | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
+    fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
+    started: bool = False
+    ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
+
+
+STATE = State()
