@@ -235,3 +235,14 @@ def test_a_handler_is_cancelled_when_its_client_goes_away() -> None:
         await server.shutdown(1)
 
     run(main)
+
+
+def test_lines_joins_chunks_skips_blanks_and_drops_a_cut_off_tail() -> None:
+    async def chunks() -> Any:
+        for c in (b'{"a":', b' 1}\n\n{"b": 2}\n{"c"', b": 3}\n{\"cut"):
+            yield c
+
+    async def main() -> list[bytes]:
+        return [line async for line in http.lines(chunks())]
+
+    assert asyncio.run(main()) == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']

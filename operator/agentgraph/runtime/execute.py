@@ -359,33 +359,27 @@ class _Walk:
 
     async def _tokens(self, chunks: Any, step: RuntimeStep, step_started: float
                       ) -> dict[str, Any]:
-        buffer = b""
         last: float | None = None
         m = self.x.metrics
         forward = self.sink if step.name == self.stream_step else None
-        async for chunk in chunks:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                event = orjson.loads(line)
-                if "token" in event:
-                    now = time.perf_counter()
-                    if m is not None:
-                        if last is None:
-                            m.ttft.labels(self.x.graph.graph, step.name).observe(
-                                now - step_started)
-                        else:
-                            m.tbt.labels(self.x.graph.graph, step.name).observe(now - last)
-                    last = now
-                    if forward is not None:
-                        await forward(str(event["token"]))
-                elif "error" in event:
-                    reason = str(event["error"].get("reason", "stream failed"))
-                    raise StepError(step.name, "", 504 if "deadline" in reason else 502,
-                                    "timeout" if "deadline" in reason else "failed", reason)
-                else:
-                    answer: dict[str, Any] = event
-                    return answer
+        async for line in http.lines(chunks):
+            event = orjson.loads(line)
+            if "token" in event:
+                now = time.perf_counter()
+                if m is not None:
+                    if last is None:
+                        m.ttft.labels(self.x.graph.graph, step.name).observe(
+                            now - step_started)
+                    else:
+                        m.tbt.labels(self.x.graph.graph, step.name).observe(now - last)
+                last = now
+                if forward is not None:
+                    await forward(str(event["token"]))
+            elif "error" in event:
+                reason = str(event["error"].get("reason", "stream failed"))
+                raise StepError(step.name, "", 504 if "deadline" in reason else 502,
+                                "timeout" if "deadline" in reason else "failed", reason)
+            else:
+                answer: dict[str, Any] = event
+                return answer
         raise StepError(step.name, "", 502, "failed", "the token stream ended without an output")

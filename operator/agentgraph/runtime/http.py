@@ -559,6 +559,18 @@ class Client:
         self._idle.clear()
 
 
+async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The complete, non-blank lines of a chunked body (NDJSON, server-sent events), as they
+    arrive; a last line without its newline is a cut-off stream and is dropped."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        *done, buffer = buffer.split(b"\n")
+        for line in done:
+            if line.strip():
+                yield line
+
+
 def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run ``main`` on uvloop when it is installed, else on asyncio's own loop."""
     try:

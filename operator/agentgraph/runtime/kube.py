@@ -115,24 +115,18 @@ class KubeAPI:
                 if head.status != 200:
                     text = b"".join([c async for c in body])[:300]
                     raise KubeError(head.status, text.decode(errors="replace"))
-                buffer = b""
-                async for chunk in body:
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if not line.strip():
-                            continue
-                        event = orjson.loads(line)
-                        kind, obj = event.get("type"), event.get("object", {})
-                        if kind == "ERROR":
-                            code = obj.get("code", 500)
-                            raise KubeError(code, obj.get("message", "watch error"))
-                        version = obj.get("metadata", {}).get("resourceVersion", version)
-                        if kind == "BOOKMARK":
-                            continue
-                        name = obj["metadata"]["name"]
-                        if kind == "DELETED":
-                            objects.pop(name, None)
-                        else:
-                            objects[name] = obj
-                        on_change(dict(objects))
+                async for line in http.lines(body):
+                    event = orjson.loads(line)
+                    kind, obj = event.get("type"), event.get("object", {})
+                    if kind == "ERROR":
+                        code = obj.get("code", 500)
+                        raise KubeError(code, obj.get("message", "watch error"))
+                    version = obj.get("metadata", {}).get("resourceVersion", version)
+                    if kind == "BOOKMARK":
+                        continue
+                    name = obj["metadata"]["name"]
+                    if kind == "DELETED":
+                        objects.pop(name, None)
+                    else:
+                        objects[name] = obj
+                    on_change(dict(objects))

@@ -219,14 +219,10 @@ class OpenAIAdapter:
             raise
 
         async def tokens() -> AsyncIterator[str]:
-            buffer = b""
-            async for chunk in chunks:
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    token = _sse_token(line)
-                    if token:
-                        yield token
+            async for line in http.lines(chunks):
+                token = _sse_token(line)
+                if token:
+                    yield token
 
         def finish(got: list[str]) -> dict[str, Any]:
             return {"text": "".join(got), "tokens": len(got), "model": model}
