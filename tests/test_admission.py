@@ -112,3 +112,21 @@ def test_priority_then_age_orders_the_queue() -> None:
     ledger.wait(("ns", "vip"), 5, "2026-12-01T00:00:10Z", "x")
     assert ledger.queue() == [("ns", "vip"), ("ns", "old"), ("ns", "new")]
     assert ledger.position(("ns", "new")) == 3
+
+
+def test_the_gateway_needs_room_too_so_a_hold_never_exceeds_the_pool() -> None:
+    """Steps that take every core leave none for the gateway: the graph waits instead of
+    holding more than the pool has."""
+    step = tool("call", latency=0.1)
+    step["tool"].update(cpuCores=8, concurrency=1)  # 2 replicas at 10/s: all 16 cores
+    obj = make_graph([step], sla=1, rate=10, name="full").model_dump(
+        by_alias=True, exclude_none=True, mode="json")
+    obj["metadata"].update(namespace="ns", uid="uid-full", generation=1,
+                           creationTimestamp="2026-12-01T00:00:00Z")
+    ledger = Ledger()
+    cluster = FakeCluster(obj)
+    out = rc.reconcile(cluster, cluster.graph("ns", "full"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    admitted = cond(out.status, "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "InsufficientCapacity")
+    assert "p needs 16.5 units, 16 free" in admitted["message"]
+    assert not ledger.holds and not cluster.objects

@@ -59,7 +59,8 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
         held_units, held_pods = ledger.others(key)
         room = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, key,
                                            ledger.holders(), held_units, held_pods)
-        plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room)
+        plan = _plan_with_gateway(graph, obj, world, measured, time_limit, keep_within,
+                                  move_cost, room)
         mine = ledger.holds.get(key)
         created = str(meta.get("creationTimestamp") or "")
         if not plan.feasible:
@@ -92,6 +93,39 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
         early = {**(obj.get("status") or {}), "admission": status.dump_admission(admission)}
         cluster.patch_status(key[0], key[1], early)
     return plan, admission, None
+
+
+def _fits(hold: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> bool:
+    units, pods = room
+    return (all(u <= units.get(p, 0.0) + 1e-9 for p, u in hold.units.items())
+            and all(n <= pods.get(p, 0.0) + 1e-9 for p, n in hold.pods.items()))
+
+
+def _plan_with_gateway(graph: AgentGraph, obj: Obj, world: World,
+                       measured: replanning.Planning, time_limit: float, keep_within: float,
+                       move_cost: float,
+                       room: tuple[Mapping[str, float], Mapping[str, float]]) -> Plan:
+    """The planner sizes the steps; the gateway comes on top, in the cheapest CPU pool the plan
+    uses. When the plan took the room the gateway needs there, plan again with that room set
+    aside, so that what is held never exceeds what is free."""
+    plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room)
+    if not plan.feasible or _fits(hold_of(graph, plan, world.profiles), room):
+        return plan
+    pool = render.gateway_pool(plan, {p.name: p for p in world.profiles})
+    if pool is None:
+        return plan
+    n = render.gateway_replicas(graph)
+    cores = snapshot.parse_quantity(render.GATEWAY_RESOURCES["requests"]["cpu"])
+    units, pods = dict(room[0]), dict(room[1])
+    units[pool.name] = max(0.0, units.get(pool.name, 0.0) - n * cores)
+    pods[pool.name] = max(0.0, pods.get(pool.name, 0.0) - n)
+    again = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
+                     (units, pods))
+    if again.feasible and _fits(hold_of(graph, again, world.profiles), room):
+        return again
+    reason = f"no room for its gateway in {pool.name} next to its steps"
+    return again.model_copy(update={"feasible": False,
+                                    "reasons": [*again.reasons, reason]})
 
 
 def _short(need: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> str:
