@@ -211,7 +211,11 @@ class Runner:
         if status.get("phase") != "Running":
             return
         if not await asyncio.to_thread(self._runnable, pod):
-            if meta["uid"] not in self.marked:
+            # By what the pod says, not by what was sent: under load a status write can be
+            # overtaken by kwok's own (seen at 1,000 pods: a few stayed ContainerCreating).
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in status.get("conditions", []))
+            if not ready:
                 self.marked.add(meta["uid"])
                 await asyncio.to_thread(self._patch_ready, pod, True, "NotRunHere")
             return
