@@ -33,8 +33,9 @@ def hold_of(graph: AgentGraph, plan: Plan, profiles: Sequence[HardwareProfile]) 
     return Hold(units=units, pods=pods, cost_per_hour=plan.cost_per_hour or 0.0)
 
 
-def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str], budget: float | None,
-               position: int | None = None, empty_cost: float | None = None) -> Admission:
+def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str],
+                 budget: float | None, position: int | None = None,
+                 empty_cost: float | None = None) -> Admission:
     return Admission(
         holds=[PoolHold(pool=p, units=round(u, 4), pods=hold.pods.get(p, 0.0))
                for p, u in sorted(hold.units.items())] if hold else [],
@@ -45,9 +46,9 @@ def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str], budget
 
 
 def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
-           measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
-           time_limit: float, keep_within: float, move_cost: float
-           ) -> tuple[Plan, Admission, tuple[Reason, str] | None]:
+          measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
+          time_limit: float, keep_within: float, move_cost: float
+          ) -> tuple[Plan, Admission, tuple[Reason, str] | None]:
     """Plan against the pools minus what the other admitted graphs hold, under the ledger's
     lock, and record the hold (in the ledger, then in the status) before any child is created.
     Returns the plan, the admission to show and, when the graph must wait, why."""
