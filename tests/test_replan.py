@@ -237,9 +237,15 @@ def test_no_prometheus_configured_is_a_condition_not_a_crash() -> None:
 
 def test_mode_off_measures_nothing() -> None:
     graph, obj = running_graph("off")
+    auto_graph, _ = running_graph("auto")
+    measured_once = replanning.run_pass(auto_graph, obj, FakePrometheus(measured(10, 9.0)),
+                                        20, S, 1000.0)  # over the SLA, measured, then off
+    obj = {**obj, "status": measured_once.status}
     out = replanning.run_pass(graph, obj, FakePrometheus(measured(100, 9.0)), 20, S, 1000.0)
     assert not out.replan and "observed" not in out.status
     assert status.condition_status(out.status, "MetricsUnavailable") is None
+    sla = next(c for c in out.status["conditions"] if c["type"] == "SLAMet")
+    assert sla["reason"] == "Predicted"  # not the stale measurement
     assert math.isclose(replanning.planning(graph, out.status).rate or 0, 5)
 
 

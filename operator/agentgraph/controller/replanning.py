@@ -142,8 +142,9 @@ def run_pass(graph: AgentGraph, obj: Mapping[str, Any], prometheus: Prometheus |
     at = _iso(now)
     mode = graph.spec.replan.mode
     memory = learned(prev)
-    if mode == "off":
-        new = status.with_measurement(previous, None, _replan_status(
+    if mode == "off":  # no measurement is shown, and SLAMet goes back to the prediction
+        unmeasured = {k: v for k, v in previous.items() if k != "observed"}
+        new = status.with_measurement(unmeasured, None, _replan_status(
             "off", Learned(), "spec.replan.mode is off: planned from the spec only", None),
             None, at)
         new.pop("observed", None)
