@@ -466,9 +466,19 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
                capture_output=True).stdout
 
 
+OPERATOR_METRICS_PORT = 18080  # not 8080: pods listen on 127.1.x.y:8080, and 0.0.0.0 is theirs
+OPERATOR_LIVENESS = "http://127.0.0.1:18081/healthz"
+
+
 def start_operator() -> None:
-    """The operator as a local process against this cluster, recorded for `down`."""
-    _start("operator", [sys.executable, "-m", "agentgraph.controller"],
+    """The operator as a local process against this cluster, replanning from its Prometheus,
+    recorded for `down`."""
+    settings = STATE / "operator.yaml"
+    settings.write_text(yaml.safe_dump({
+        "prometheusUrl": PROMETHEUS_URL, "metricsPort": OPERATOR_METRICS_PORT,
+        "liveness": OPERATOR_LIVENESS,
+        "replan": {"intervalSeconds": 10, "windowSeconds": 30, "cooldownSeconds": 40}}))
+    _start("operator", [sys.executable, "-m", "agentgraph.controller", "--config", str(settings)],
            env={**os.environ, "KUBECONFIG": str(KUBECONFIG)})
 
 

@@ -67,7 +67,8 @@ def main() -> int:
     console.print(kubectl("get", "agentgraphs.agentgraph.dev", "-n", NAMESPACE))
     obj = json.loads(kubectl("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n",
                              NAMESPACE, "-o", "json"))
-    pods = json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
+    pods = json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-l",
+                              "agentgraph.dev/component=worker", "-o", "json"))["items"]
     nodes: dict[tuple[str, str], set[str]] = defaultdict(set)
     for pod in pods:
         labels: dict[str, Any] = pod["metadata"]["labels"]
