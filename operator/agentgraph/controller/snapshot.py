@@ -73,11 +73,13 @@ def _free(
     resource_of: Callable[[HardwareProfile], str],
     combine: Callable[[list[float]], float] = sum,
     placed: frozenset[str] = frozenset(),
+    skip: frozenset[tuple[str, str]] = frozenset(),
 ) -> dict[str, float]:
     """Per pool: allocatable ``resource_of(profile)`` on its Ready, schedulable nodes, minus
-    what other workloads hold there, combined over the nodes (summed, or the largest)."""
+    what other workloads hold there, combined over the nodes (summed, or the largest).
+    ``skip``: graphs whose pods are not counted (the ledger holds their share)."""
     nodes = list(nodes)
-    requested, pending = _requested(pods, graph_key)
+    requested, pending = _requested(pods, graph_key, skip)
     out: dict[str, float] = {}
     for profile in profiles:
         resource = resource_of(profile)
@@ -152,23 +154,8 @@ def admission_capacity(
     schedulable nodes have, minus what workloads outside the ledger request there (pods of
     other kinds, and of graphs that hold nothing), minus what the other admitted graphs hold
     (``held_*``: the ledger; their own pods are not counted again)."""
-    profiles = list(profiles)
-    nodes = list(nodes)
-    requested, pending = _requested(pods, graph_key, holders)
-    units: dict[str, float] = {}
-    slots: dict[str, float] = {}
-    for profile in profiles:
-        for out, resource, held in ((units, _unit_resource(profile), held_units),
-                                    (slots, "pods", held_pods)):
-            total = 0.0
-            for node in nodes:
-                labels = node.get("metadata", {}).get("labels", {})
-                if not matches(labels, profile.spec.pool.node_selector) or not _schedulable(node):
-                    continue
-                have = parse_quantity(node.get("status", {}).get("allocatable", {})
-                                      .get(resource, 0))
-                taken = requested.get(node["metadata"]["name"], {}).get(resource, 0.0)
-                total += max(0.0, have - taken)
-            total -= pending.get(profile.name, {}).get(resource, 0.0)
-            out[profile.name] = max(0.0, total - held.get(profile.name, 0.0))
-    return units, slots
+    profiles, nodes, pods = list(profiles), list(nodes), list(pods)
+    units = _free(profiles, nodes, pods, graph_key, _unit_resource, skip=holders)
+    slots = _free(profiles, nodes, pods, graph_key, lambda _: "pods", skip=holders)
+    return ({p: max(0.0, u - held_units.get(p, 0.0)) for p, u in units.items()},
+            {p: max(0.0, n - held_pods.get(p, 0.0)) for p, n in slots.items()})
