@@ -93,12 +93,10 @@ def test_a_restarted_operator_rebuilds_the_ledger_from_the_statuses() -> None:
     rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
     st = status.parse(first.graph_obj["status"])
     assert st.admission is not None
-    from agentgraph.controller.ledger import Hold
+    from agentgraph.controller.admission import hold_from
 
     restarted = Ledger()
-    restarted.seed([(("ns", "a"), Hold(units={h.pool: h.units for h in st.admission.holds},
-                                       pods={h.pool: h.pods for h in st.admission.holds},
-                                       cost_per_hour=st.admission.cost_per_hour or 0))])
+    restarted.seed([(("ns", "a"), hold_from(st.admission))])
     second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
     two = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=restarted)  # type: ignore[arg-type]
     assert cond(two.status, "Admitted")["reason"] == "InsufficientCapacity"

@@ -33,6 +33,13 @@ def hold_of(graph: AgentGraph, plan: Plan, profiles: Sequence[HardwareProfile]) 
     return Hold(units=units, pods=pods, cost_per_hour=plan.cost_per_hour or 0.0)
 
 
+def hold_from(admission: Admission) -> Hold:
+    """The hold a status records (the inverse of ``admission_of``)."""
+    return Hold(units={h.pool: h.units for h in admission.holds},
+                pods={h.pool: h.pods for h in admission.holds},
+                cost_per_hour=admission.cost_per_hour or 0.0)
+
+
 def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str],
                  budget: float | None, position: int | None = None,
                  empty_cost: float | None = None) -> Admission:

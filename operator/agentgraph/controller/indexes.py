@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
 import kopf
 import pydantic
@@ -18,15 +18,17 @@ from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import validation_lines
 from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
 from agentgraph.controller import snapshot
-from agentgraph.controller.admission import BUDGET_ANNOTATION
+from agentgraph.controller.admission import BUDGET_ANNOTATION, hold_from
 from agentgraph.controller.ledger import Hold
 from agentgraph.controller.planning import World
 from agentgraph.controller.state import STATE
 from agentgraph.controller.status import condition_status
+from agentgraph.controller.status import parse as parse_status
 
 log = logging.getLogger("agentgraph.operator")
 INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
 NO_WORLD = World(profiles=())
+T = TypeVar("T")
 PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
@@ -35,8 +37,6 @@ def namespaced(namespace: str | None) -> str:
     if namespace is None:  # AgentGraphs, Pods and Deployments are all namespaced
         raise kopf.PermanentError("a namespaced object arrived without a namespace")
     return namespace
-
-
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
@@ -56,15 +56,10 @@ def holds(namespace: str | None, name: str, status: kopf.Status,
     reconcile never finished counts too): the ledger is seeded from these when this operator
     starts leading (then the ledger, written first, is the truth)."""
     namespace = namespaced(namespace)
-    admission = status.get("admission") or {}
-    if not admission.get("holds"):
+    admission = parse_status(status).admission
+    if admission is None or not admission.holds:
         return {}
-    try:
-        got = Hold(units={h["pool"]: float(h["units"]) for h in admission.get("holds", [])},
-                   pods={h["pool"]: float(h["pods"]) for h in admission.get("holds", [])},
-                   cost_per_hour=float(admission.get("costPerHour") or 0.0))
-    except (KeyError, TypeError, ValueError):
-        return {}
+    got = hold_from(admission)
     return {(namespace, name): got}
 
 
@@ -126,11 +121,16 @@ async def _copy(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
     return [_values(kwargs[name]) for name in names]
 
 
-def read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
-    """The indexes ``names``, copied from a handler's worker thread (never call on the loop)."""
+def _on_loop(copy: Coroutine[Any, Any, T]) -> T:
+    """Run ``copy`` on the event loop, where kopf writes its indexes, from a handler's worker
+    thread (never call it on the loop itself)."""
     assert STATE.loop is not None
-    return asyncio.run_coroutine_threadsafe(_copy(kwargs, *names),
-                                            STATE.loop).result(timeout=60)
+    return asyncio.run_coroutine_threadsafe(copy, STATE.loop).result(timeout=60)
+
+
+def read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
+    """The indexes ``names``: each a list of its values."""
+    return _on_loop(_copy(kwargs, *names))
 
 
 def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
@@ -167,9 +167,7 @@ async def _copy_keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
 
 
 def keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
-    """Index ``name`` as key -> value, copied on the event loop."""
-    assert STATE.loop is not None
-    return asyncio.run_coroutine_threadsafe(_copy_keyed(kwargs, name),
-                                            STATE.loop).result(timeout=60)
+    """Index ``name`` as key -> value."""
+    return _on_loop(_copy_keyed(kwargs, name))
 
 
