@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agentgraph.api.graph import AgentGraph
 from agentgraph.api.status import PlanSummary
 from agentgraph.controller import replanning, status
 from agentgraph.controller.cluster import Cluster
@@ -15,13 +16,11 @@ from agentgraph.planner import replan, solve
 from agentgraph.planner.errors import PlanningError
 
 
-def recommend(obj: Obj, world: World, learned: replan.Learned, time_limit: float,
-              keep_within: float, move_cost: float) -> tuple[PlanSummary | None, float | None]:
+def recommend(graph: AgentGraph, obj: Obj, world: World, learned: replan.Learned,
+              time_limit: float, keep_within: float, move_cost: float
+              ) -> tuple[PlanSummary | None, float | None]:
     """Advisory mode: the plan the measurements call for, and what it saves per hour against
     the running one (negative: it costs more, to meet the SLA). Nothing is applied."""
-    graph, _ = parse_graph(obj)
-    if graph is None:
-        return None, None
     measured = replanning.Planning(dict(learned.corrections), replan.planning_rate(
         learned, graph.spec.sla.target_requests_per_second))
     try:
@@ -49,7 +48,8 @@ def measure(cluster: Cluster, obj: Obj, world: Callable[[], World], prometheus: 
         return None
 
     def advise(learned: replan.Learned) -> tuple[PlanSummary | None, float | None]:
-        return recommend(obj, world(), learned, time_limit, keep_within, config.move_cost)
+        return recommend(graph, obj, world(), learned, time_limit, keep_within,
+                         config.move_cost)
 
     outcome = replanning.run_pass(graph, obj, prometheus, config.window_seconds,
                                   config.settings(), now, advise)
@@ -66,16 +66,13 @@ def _measure_events(cluster: Cluster, obj: Obj, previous: Obj,
     was = status.condition_status(previous, "MetricsUnavailable")
     now_ = status.condition_status(new, "MetricsUnavailable")
     if now_ == "True" and was != "True":
-        message = next((c.get("message", "") for c in new.get("conditions", [])
-                        if c.get("type") == "MetricsUnavailable"), "")
-        cluster.event(obj, "Warning", "MetricsUnavailable", message)
+        cluster.event(obj, "Warning", "MetricsUnavailable",
+                      status.condition_message(new, "MetricsUnavailable"))
     elif now_ == "False" and was == "True":
         cluster.event(obj, "Normal", "MetricsAvailable", "measurements are fresh again")
     if (status.condition_status(new, "SLAMet") == "False"
             and status.condition_status(previous, "SLAMet") != "False"):
-        message = next((c.get("message", "") for c in new.get("conditions", [])
-                        if c.get("type") == "SLAMet"), "")
-        cluster.event(obj, "Warning", "SLAMissed", message)
+        cluster.event(obj, "Warning", "SLAMissed", status.condition_message(new, "SLAMet"))
     old_decision = (previous.get("replan") or {}).get("lastChangeTime")
     replan_ = new.get("replan") or {}
     if replan_.get("lastChangeTime") != old_decision and replan_.get("lastChangeTime"):

@@ -56,13 +56,13 @@ def _epoch(at: str | None) -> float | None:
     if not at:
         return None
     try:
-        return datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        return datetime.strptime(at, status.TIME_FORMAT).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, UTC).strftime(status.TIME_FORMAT)
 
 
 def learned(st: AgentGraphStatus) -> Learned:

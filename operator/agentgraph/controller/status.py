@@ -31,8 +31,11 @@ from agentgraph.api.status import (
 Wire = dict[str, Any]
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what Kubernetes writes in conditions
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def parse(st: Mapping[str, Any] | None) -> AgentGraphStatus:
@@ -86,6 +89,14 @@ def condition_status(st: Mapping[str, Any], type_: str) -> str | None:
     conditions = st.get("conditions")
     return next((c.get("status") for c in (conditions if isinstance(conditions, list) else [])
                  if isinstance(c, Mapping) and c.get("type") == type_), None)
+
+
+def condition_message(st: Mapping[str, Any], type_: str) -> str:
+    """The message of condition ``type_`` in a wire status, or ""."""
+    conditions = st.get("conditions")
+    return next((str(c.get("message", "")) for c in (conditions if isinstance(conditions, list)
+                                                    else [])
+                 if isinstance(c, Mapping) and c.get("type") == type_), "")
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
