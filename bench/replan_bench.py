@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 import cluster  # noqa: E402
+import loaddriver  # noqa: E402
 from operator_bench import kubectl, start_operator  # noqa: E402
 
 SETTINGS = {"prometheusUrl": cluster.PROMETHEUS_URL,
@@ -70,29 +69,6 @@ def wait(what: str, check: Any, timeout: float) -> float:
     raise SystemExit(f"replan bench: {what} not within {timeout:.0f} s")
 
 
-class Load(threading.Thread):
-    def __init__(self, url: str, rate: float, noise: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.url, self.rate, self.noise = url, rate, noise
-        self.done = threading.Event()
-        self.sent = 0
-        self.random = random.Random(7)
-
-    def run(self) -> None:
-        from agentgraph.runtime import http, loadgen
-
-        async def main() -> None:
-            client = http.Client()
-            while not self.done.is_set():
-                rate = self.rate * (1 + self.noise * (2 * self.random.random() - 1))
-                report = await loadgen.run(self.url, {"n": 1}, [loadgen.Stage(rate, 2.0)],
-                                           timeout=10, client=client)
-                self.sent += len(report.samples)
-            client.close()
-
-        http.run(main)
-
-
 def gateway_url(name: str) -> str:
     pods = json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-l",
                               f"agentgraph.dev/graph={name},agentgraph.dev/component=gateway",
@@ -111,18 +87,13 @@ def reaction() -> dict[str, float]:
             stdin=json.dumps(graph("react", 2)))
     wait("react Ready", lambda: ready(status("react")), 120)
     first = placement(status("react"))
-    load = Load(gateway_url("react"), 25)
     breach = time.monotonic()
-    load.start()
-    try:
+    with loaddriver.load(gateway_url("react"), 25):
         changed = wait("a new plan", lambda: placement(status("react")) != first, 180)
         changed_ready = wait("the new plan Ready", lambda: ready(status("react")), 120)
         full = wait("a plan for the whole load Ready", lambda: (
             (st := status("react")).get("plan", {}).get("plannedRequestsPerSecond", 0) >= 20
             and ready(st)), 240)  # the load generator delivers about 24 of the 25/s asked
-    finally:
-        load.done.set()
-        load.join(30)
     return {"scrape_interval_s": cluster.SCRAPE_INTERVAL_S,
             "breach_to_new_plan_s": changed - breach,
             "breach_to_new_plan_ready_s": changed_ready - breach,
@@ -134,9 +105,7 @@ def stability(steady_seconds: float, warmup_seconds: float) -> dict[str, Any]:
     kubectl("apply", "-n", NAMESPACE, "--server-side", "-f", "-",
             stdin=json.dumps(graph("steady", 4)))
     wait("steady Ready", lambda: ready(status("steady")), 120)
-    load = Load(gateway_url("steady"), 8, noise=0.3)
-    load.start()
-    try:
+    with loaddriver.load(gateway_url("steady"), 8, noise=0.3) as driver:
         warm_start = placement(status("steady"))
         time.sleep(warmup_seconds)
         settled = placement(status("steady"))
@@ -147,16 +116,13 @@ def stability(steady_seconds: float, warmup_seconds: float) -> dict[str, Any]:
             if now != seen[-1]:
                 seen.append(now)
             time.sleep(2)
-    finally:
-        load.done.set()
-        load.join(30)
     events = kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
                      "involvedObject.name=steady,reason=Replanned", "-o", "json")
     replanned = len(json.loads(events)["items"])
     return {"mean_rate": 8, "noise": 0.3, "warmup_s": warmup_seconds,
             "steady_s": steady_seconds, "warmup_changes": int(settled != warm_start),
             "plan_changes_steady": len(seen) - 1, "replanned_events_total": replanned,
-            "requests_sent": load.sent, "placements": [str(p) for p in seen]}
+            "requests_sent": len(driver.samples), "placements": [str(p) for p in seen]}
 
 
 def main() -> int:

@@ -7,18 +7,16 @@ condition and keeps the plan; advisory mode recommends and changes nothing."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from conftest import ROOT, Kube, Operator, apply, gateway, pods, reach, ready, wait_for
+from loaddriver import load
 
 PROMETHEUS = os.environ.get("AGENTGRAPH_E2E_PROMETHEUS_URL", "http://127.0.0.1:9099")
 WAIT_READY_S = 120.0
@@ -61,59 +59,6 @@ def step(st: dict[str, Any]) -> dict[str, Any]:
     steps: list[dict[str, Any]] = st.get("plan", {}).get("steps", [])
     assert len(steps) == 1, steps
     return steps[0]
-
-
-class Load:
-    """agentgraph loadgen's engine in a thread: an open loop at a rate that can be changed."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.rate = 0.0
-        self.stop = threading.Event()
-        self.samples: list[tuple[float, float, int]] = []  # (sent at, latency, status)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        from agentgraph.runtime import http, loadgen
-
-        async def main() -> None:
-            client = http.Client()
-            while not self.stop.is_set():
-                if self.rate <= 0:
-                    await _sleep(0.2)
-                    continue
-                report = await loadgen.run(self.url, {"n": 1}, [loadgen.Stage(self.rate, 2.0)],
-                                           timeout=10, client=client)
-                base = time.monotonic() - report.elapsed
-                self.samples += [(base + s.sent_at, s.latency, s.status)
-                                 for s in report.samples]
-            client.close()
-
-        http.run(main)
-
-    def p95_since(self, since: float) -> float:
-        from agentgraph.runtime import loadgen
-
-        ok = [lat for at, lat, code in self.samples if at >= since and code == 200]
-        errors = sum(1 for at, _, code in self.samples if at >= since and code != 200)
-        return loadgen.percentile(ok + [float("inf")] * errors, 95)
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
-@contextlib.contextmanager
-def load(url: str) -> Iterator[Load]:
-    driver = Load(url)
-    driver.thread.start()
-    try:
-        yield driver
-    finally:
-        driver.stop.set()
-        driver.thread.join(30)
 
 
 def test_more_load_scales_out_until_the_sla_holds_and_less_scales_in(
