@@ -52,6 +52,7 @@ def test_two_graphs_that_fit_alone_but_not_together_queue_then_admit() -> None:
     assert two.status["admission"]["queuePosition"] == 1
     assert two.status["admission"]["emptyClusterCostPerHour"] > 0
     assert cond(two.status, "Infeasible")["status"] == "False"  # the spec is fine
+    assert two.waiting and not two.feasible  # counted as waiting, not as planned
     assert not second.objects  # no pod of a waiting graph is created
     assert ledger.release(("ns", "a"))
     again = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]

@@ -110,7 +110,7 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
                 after.units.get(p, 0.0) < u - 1e-9 for p, u in before.units.items())):
             _retry_waiting(kwargs)  # this graph gave room back
         metrics.RECONCILE_SECONDS.labels(asked.name).observe(time.perf_counter() - started)
-        result = ("escalated" if outcome.escalate else
+        result = ("escalated" if outcome.escalate else "waiting" if outcome.waiting else
                   "planned" if outcome.feasible else "infeasible")
         metrics.RECONCILES.labels(asked.name, result).inc()
         metrics.CHILD_WRITES.labels("apply").inc(len(outcome.applied))

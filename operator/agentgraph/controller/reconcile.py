@@ -38,6 +38,7 @@ class Outcome:
     applied: list[str] = field(default_factory=list)  # children written ("Kind/name")
     deleted: list[str] = field(default_factory=list)
     escalate: bool = False  # READINESS found something only FULL can mend
+    waiting: bool = False  # admission: no room (or budget) for it now
     status: dict[str, Any] = field(default_factory=dict)  # the status as it now stands
 
 
@@ -95,9 +96,9 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                 plan = plan_for(graph, obj, world, measured, time_limit, keep_within,
                                 move_cost)
             else:
-                plan, admitted, waiting = admission.admit(cluster, graph, obj, world, measured,
-                                                 ledger, budgets or {}, time_limit,
-                                                 keep_within, move_cost)
+                plan, admitted, waiting = admission.admit(
+                    cluster, graph, obj, world, measured, ledger, budgets or {}, time_limit,
+                    keep_within, move_cost)
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
         if plan is not None and not plan.feasible and waiting is None:
@@ -130,8 +131,9 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                        planned_rate=measured.rate if measured else None, admission=admitted,
                        waiting=waiting)
     changed = _write(cluster, obj, previous, new, problems)
-    return Outcome(feasible=not problems and plan is not None, ready=ready,
-                   status_written=changed, applied=written, deleted=deleted, status=new)
+    return Outcome(feasible=not problems and plan is not None and waiting is None,
+                   ready=ready, status_written=changed, applied=written, deleted=deleted,
+                   status=new, waiting=waiting is not None)
 
 
 def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
