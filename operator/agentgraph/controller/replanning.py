@@ -30,6 +30,7 @@ from agentgraph.controller import status
 from agentgraph.controller.prometheus import Prometheus, Unavailable
 from agentgraph.planner import replan
 from agentgraph.planner.replan import Learned, Measurement, ReplanSettings
+from agentgraph.planner.snapshot import Slot
 
 log = logging.getLogger("agentgraph.replan")
 CHANGE = 0.10  # a measured figure moving less than this does not rewrite the status
@@ -40,7 +41,7 @@ REFRESH_S = 300.0  # ... unless the shown measurement is older than this
 class Planning:
     """What a FULL reconcile plans with, from the status: the corrections and the rate."""
 
-    corrections: Mapping[replan.Slot, float]
+    corrections: Mapping[Slot, float]
     rate: float | None  # the spec's target, or the measured rate with headroom
 
 

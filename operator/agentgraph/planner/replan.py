@@ -25,7 +25,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-Slot = tuple[str, str, str]  # (step, phase "run"|"prefill"|"decode", pool)
+from agentgraph.planner.snapshot import Slot
+
 FACTOR_MIN, FACTOR_MAX = 0.1, 20.0
 
 

@@ -53,8 +53,6 @@ def plan(
     replan moves only the steps for which moving pays; scaling in place costs nothing extra."""
     settings = settings or CostSettings()
     model = graph_model.build(graph)
-    if not profiles and snapshot is None:
-        raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
     if snapshot is None:
         snapshot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units,
                                                  capacity_pods, capacity_block)
