@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
                   f"{run.url}/v1/chat/completions (Ctrl-C stops it)")
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the way to stop it
-        http.run(lambda: local.serve(graph, profiles, args.host, args.port, announce))
+        http.run(lambda: local.serve(graph, profiles, args.host, args.port, announce, plan))
     return 0
 
 

@@ -78,8 +78,8 @@ async def running(graph: AgentGraph, profiles: list[HardwareProfile],
 
 
 async def serve(graph: AgentGraph, profiles: list[HardwareProfile], host: str, port: int,
-                announce: Callable[[Running], None]) -> None:
-    """Run until interrupted."""
-    async with running(graph, profiles, host=host, port=port) as run:
+                announce: Callable[[Running], None], plan: Plan | None = None) -> None:
+    """Run until interrupted (``plan``: one already made, else planned here)."""
+    async with running(graph, profiles, plan=plan, host=host, port=port) as run:
         announce(run)
         await asyncio.Event().wait()
