@@ -46,6 +46,24 @@ def test_parallel_branches_run_at_the_same_time() -> None:
     run(main)
 
 
+def test_independent_first_steps_run_at_the_same_time() -> None:
+    """Two steps that depend on nothing are no chain: they start together (with a join after
+    them, and without one)."""
+    for graph, least in ((make_graph([tool("a", 0.3), tool("b", 0.3),
+                                      tool("c", 0.05, ["a", "b"])], sla=5), 0.35),
+                         (make_graph([tool("a", 0.3), tool("b", 0.3)], sla=5), 0.3)):
+        asyncio.run(_together(graph, least))
+
+
+async def _together(graph: AgentGraph, least: float) -> None:
+    async with running(graph, PROFILES) as g:
+        started = time.perf_counter()
+        r = await g.invoke({"text": "hi"})
+        elapsed = time.perf_counter() - started
+        assert r.status == 200, r.body
+        assert least <= elapsed < least + 0.2, elapsed  # a and b overlap
+
+
 def loop_graph(expected: float, maximum: int) -> AgentGraph:
     return make_graph([tool("plan", 0.01, ["search"]), tool("search", 0.01, ["plan"]),
                        tool("answer", 0.01, ["plan"])], sla=5,

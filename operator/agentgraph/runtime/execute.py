@@ -177,9 +177,10 @@ def _order(loop: RuntimeLoop) -> list[str]:
 async def _dag(nodes: Sequence[str], preds: Mapping[str, Sequence[str]],
                run: Callable[[str], Awaitable[None]]) -> None:
     """Run every node once all its predecessors among ``nodes`` are done; the first failure
-    cancels the rest and is raised. A plain chain runs inline, without tasks."""
+    cancels the rest and is raised. A plain chain (each node after the first depends on the
+    one before it, and only on it) runs inline, without tasks."""
     inside = set(nodes)
-    if all(set(preds.get(n, ())) & inside <= ({nodes[i - 1]} if i else set())
+    if all(set(preds.get(n, ())) & inside == ({nodes[i - 1]} if i else set())
            for i, n in enumerate(nodes)):
         for node in nodes:
             await run(node)
