@@ -132,7 +132,6 @@ class Runner:
         self.state = state
         self.agentgraph = agentgraph
         self.pods: dict[str, PodProcess] = {}
-        self.marked: set[str] = set()  # pods marked Ready without a process (by uid)
         self.namespaces: dict[str, tuple[float, dict[str, str]]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -198,7 +197,6 @@ class Runner:
             await self._stop(running, grace=0)  # the name was reused by a new pod
             running = None
         if kind == "DELETED" or meta.get("deletionTimestamp"):
-            self.marked.discard(meta.get("uid", ""))
             if running is not None and not running.stopping:
                 grace = spec.get("terminationGracePeriodSeconds", 30)
                 stopping = asyncio.create_task(self._stop(running, grace=float(grace)))
@@ -216,7 +214,6 @@ class Runner:
             ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in status.get("conditions", []))
             if not ready:
-                self.marked.add(meta["uid"])
                 await asyncio.to_thread(self._patch_ready, pod, True, "NotRunHere")
             return
         if len(self.pods) >= MAX_PROCESSES:
