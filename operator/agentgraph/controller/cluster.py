@@ -1,7 +1,11 @@
-"""The Kubernetes API as the reconcile needs it: reads, server-side apply, status, events."""
+"""The Kubernetes API as the reconcile needs it: reads, server-side apply, status, events.
+
+Every call reads the server's JSON as it is (``_preload_content=False``): the client's typed
+models cost more CPU than the request itself, and a reconcile only wants plain dicts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -41,8 +45,8 @@ class Cluster:
     # reads -------------------------------------------------------------------------------
     def graph(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "agentgraphs", name)
+            obj = _json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "agentgraphs", name, _preload_content=False))
         except client.ApiException as e:
             if e.status == 404:
                 return None
@@ -55,10 +59,9 @@ class Cluster:
         out = []
         for kind in kinds:
             api, resource = self._api(kind)
-            items = getattr(api, f"list_namespaced_{resource}")(
-                namespace, label_selector=selector).items
-            for item in items:  # list items carry neither apiVersion nor kind
-                obj = self.core.api_client.sanitize_for_serialization(item)
+            listed = _json(getattr(api, f"list_namespaced_{resource}")(
+                namespace, label_selector=selector, _preload_content=False))
+            for obj in listed.get("items") or []:  # list items carry neither apiVersion nor kind
                 obj.update(apiVersion=CHILD_KINDS[kind][0], kind=kind)
                 out.append(obj)
         return out
@@ -67,24 +70,25 @@ class Cluster:
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         api, resource = self._api(manifest["kind"])
-        result = getattr(api, f"patch_namespaced_{resource}")(
+        out: dict[str, Any] = _json(getattr(api, f"patch_namespaced_{resource}")(
             meta["name"], meta["namespace"], manifest, field_manager=FIELD_MANAGER, force=True,
-            _content_type=APPLY)
-        out: dict[str, Any] = self.core.api_client.sanitize_for_serialization(result)
+            _content_type=APPLY, _preload_content=False))
         out["kind"] = manifest["kind"]
         return out
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         api, resource = self._api(kind)
         try:
-            getattr(api, f"delete_namespaced_{resource}")(name, namespace)
+            _drain(getattr(api, f"delete_namespaced_{resource}")(name, namespace,
+                                                                 _preload_content=False))
         except client.ApiException as e:
             if e.status != 404:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "agentgraphs", name, {"status": status})
+        _drain(self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "agentgraphs", name, {"status": status},
+            _preload_content=False))
 
     def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = graph["metadata"]
@@ -98,5 +102,15 @@ class Cluster:
             type=type_, reason=reason, message=message[:1024],
             source=client.V1EventSource(component="agentgraph-operator"),
             first_timestamp=at, last_timestamp=at, count=1)
-        self.core.create_namespaced_event(meta["namespace"], body)
+        _drain(self.core.create_namespaced_event(meta["namespace"], body,
+                                                 _preload_content=False))
 
+
+def _json(response: Any) -> Any:
+    """The body of a raw (``_preload_content=False``) response, as plain JSON."""
+    return json.loads(response.data)
+
+
+def _drain(response: Any) -> None:
+    """Read a raw response to its end: only then does its connection go back to the pool."""
+    response.data  # noqa: B018
