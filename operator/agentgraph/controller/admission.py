@@ -4,6 +4,7 @@ the ledger's lock, and record its hold before any child exists (controller/ledge
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
@@ -52,13 +53,19 @@ def admission_of(hold: Hold | None, ledger: Ledger, key: tuple[str, str],
         empty_cluster_cost_per_hour=None if empty_cost is None else round(empty_cost, 4))
 
 
+class Decision(NamedTuple):
+    plan: Plan
+    admission: Admission  # what to show
+    waiting: tuple[Reason, str] | None  # why it must wait, when it must
+    status: dict[str, Any] | None  # the status written on admission (None: none written)
+
+
 def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
           measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
-          time_limit: float, keep_within: float, move_cost: float
-          ) -> tuple[Plan, Admission, tuple[Reason, str] | None]:
+          time_limit: float, keep_within: float, move_cost: float) -> Decision:
     """Plan against the pools minus what the other admitted graphs hold, under the ledger's
-    lock, and record the hold (in the ledger, then in the status) before any child is created.
-    Returns the plan, the admission to show and, when the graph must wait, why."""
+    lock, and record the hold (in the ledger, then in the status, with Admitted=True) before
+    any child is created."""
     meta = obj["metadata"]
     key = (meta["namespace"], meta["name"])
     budget = budgets.get(key[0])
@@ -75,7 +82,7 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
             empty = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
                              unbounded=True)
             if not empty.feasible:  # it fits nowhere: Infeasible, not a matter of room
-                return plan, admission_of(mine, ledger, key, budget), None
+                return Decision(plan, admission_of(mine, ledger, key, budget), None, None)
             short = _short(hold_of(graph, empty, world.profiles), room)
             position = ledger.wait(key, graph.spec.priority, created, "InsufficientCapacity")
             message = (f"the shared pools have no room for it now: {short}; queue position "
@@ -83,9 +90,9 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
                        f"${empty.cost_per_hour or 0:.4g}/hour")
             if mine is not None:
                 message += "; the plan it holds keeps running"
-            return plan, admission_of(mine, ledger, key, budget, position,
-                                    empty.cost_per_hour), (Reason.INSUFFICIENT_CAPACITY,
-                                                           message)
+            return Decision(plan, admission_of(mine, ledger, key, budget, position,
+                                               empty.cost_per_hour),
+                            (Reason.INSUFFICIENT_CAPACITY, message), None)
         hold = hold_of(graph, plan, world.profiles)
         spend = ledger.spend(key[0], but=key) + hold.cost_per_hour
         if budget is not None and spend > budget * (1 + 1e-9):
@@ -93,14 +100,17 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
             message = (f"namespace {key[0]}: this plan's ${hold.cost_per_hour:.4g}/hour would "
                        f"bring it to ${spend:.4g}/hour, over its budget of ${budget:.4g}/hour "
                        f"({BUDGET_ANNOTATION}) by ${spend - budget:.4g}/hour")
-            return plan, admission_of(mine, ledger, key, budget, position,
-                                    hold.cost_per_hour), (Reason.OVER_BUDGET, message)
+            return Decision(plan, admission_of(mine, ledger, key, budget, position,
+                                               hold.cost_per_hour),
+                            (Reason.OVER_BUDGET, message), None)
         changed = ledger.admit(key, hold)
     admission = admission_of(hold, ledger, key, budget)
-    if changed:  # recorded before the children exist: a restart here over-commits nothing
-        early = {**(obj.get("status") or {}), "admission": status.dump_admission(admission)}
-        cluster.patch_status(key[0], key[1], early)
-    return plan, admission, None
+    if not changed:
+        return Decision(plan, admission, None, None)
+    # Recorded before the children exist: a restart from here on over-commits nothing.
+    early = status.with_admission(obj.get("status") or {}, admission, meta.get("generation"))
+    cluster.patch_status(key[0], key[1], early)
+    return Decision(plan, admission, None, early)
 
 
 def _fits(hold: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> bool:

@@ -96,9 +96,10 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                 plan = plan_for(graph, obj, world, measured, time_limit, keep_within,
                                 move_cost)
             else:
-                plan, admitted, waiting = admission.admit(
+                plan, admitted, waiting, early = admission.admit(
                     cluster, graph, obj, world, measured, ledger, budgets or {}, time_limit,
                     keep_within, move_cost)
+                previous = early if early is not None else previous
         except PlanningError as e:
             problems = [str(i) for i in e.issues]
         if plan is not None and not plan.feasible and waiting is None:

@@ -70,11 +70,6 @@ def dump(st: AgentGraphStatus) -> Wire:
     return out
 
 
-def dump_admission(admission: Admission) -> Wire:
-    out: Wire = admission.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return out
-
-
 def condition(type_: ConditionType, status: bool, reason: Reason, message: str,
               generation: int | None, previous: Sequence[Condition], at: str) -> Condition:
     value = "True" if status else "False"
@@ -189,7 +184,8 @@ def build(
     if admission is not None:
         admitted = [condition(ConditionType.ADMITTED, waiting is None,
                               waiting[0] if waiting else Reason.ADMITTED,
-                              waiting[1] if waiting else "", generation, old, at)]
+                              waiting[1] if waiting else admitted_message(admission),
+                              generation, old, at)]
     conditions = [
         infeasible,
         planned,
@@ -206,6 +202,25 @@ def build(
                                  plan=shown, observed=prev.observed, replan=prev.replan,
                                  admission=admission if admission is not None
                                  else prev.admission))
+
+
+def admitted_message(admission: Admission) -> str:
+    """What an admitted graph holds, in a line."""
+    held = ", ".join(f"{h.pool} {h.units:g} units/{h.pods:g} pods" for h in admission.holds)
+    return f"holds {held or 'nothing'}; ${admission.cost_per_hour or 0:.4g}/hour"
+
+
+def with_admission(previous: Mapping[str, Any], admission: Admission, generation: int | None,
+                   at: str | None = None) -> Wire:
+    """The status the moment a graph is admitted, before any of its children exists: its hold
+    and Admitted=True. The rest (plan, Ready) follows when the children are applied."""
+    at = at or now()
+    prev = parse(previous)
+    conditions = [c for c in prev.conditions if c.type is not ConditionType.ADMITTED]
+    conditions.append(condition(ConditionType.ADMITTED, True, Reason.ADMITTED,
+                                admitted_message(admission), generation, prev.conditions, at))
+    return dump(prev.model_copy(update={"conditions": _sorted(conditions),
+                                        "admission": admission}))
 
 
 def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> Wire:
