@@ -20,15 +20,15 @@ feasible plan can use and fixes steps whose cheapest configuration is always saf
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, sparse
 
-from agentgraph.costs.base import Phase
 from agentgraph.planner import bounds
-from agentgraph.planner.candidates import Config, Option, StepOptions
+from agentgraph.planner.candidates import Config, StepOptions
+from agentgraph.planner.evaluate import Selection
 from agentgraph.planner.graph import GraphModel
 from agentgraph.planner.snapshot import ClusterSnapshot
 
@@ -39,7 +39,7 @@ SLACK_TOL = 1e-9  # keep configurations that meet the SLA only up to rounding
 
 @dataclass(frozen=True)
 class MilpResult:
-    selection: dict[tuple[str, Phase], Option] | None  # None: infeasible (or no answer in time)
+    selection: Selection | None  # None: infeasible (or no answer in time)
     status: str
     seconds: float
     variables: int
@@ -73,31 +73,57 @@ def solve(
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
 ) -> MilpResult:
+    joint = solve_joint([(graph, options)], snapshot, time_limit)
+    return MilpResult(None if joint.selections is None else joint.selections[0], joint.status,
+                      joint.seconds, joint.variables, joint.rows)
+
+
+@dataclass(frozen=True)
+class JointResult:
+    selections: Sequence[Selection] | None  # one per graph, in order; None: no plan for them all
+    status: str
+    seconds: float
+    variables: int
+    rows: int
+
+
+def solve_joint(
+    graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
+    snapshot: ClusterSnapshot,
+    time_limit: float = 60.0,
+) -> JointResult:
+    """Several graphs on the same pools, in one MILP: each graph its own configuration rows and
+    its own SLA rows, the pools' capacity rows summed over all of them; the objective is the
+    sum of their objectives (all $/hour, or all $/request). One graph is ``solve``."""
     started = time.perf_counter()
     b = _Builder()
-    sla = graph.sla.latency_seconds
-    scale = max((c.objective for so in options.values() for c in so.configs), default=1.0) or 1.0
-    usable = _reduce(graph, options, snapshot)
-    chosen_from: dict[str, list[tuple[int, Config]]] = {}
-    duration: dict[str, dict[int, float]] = {}
+    scale = max((c.objective for _, options in graphs for so in options.values()
+                 for c in so.configs), default=1.0) or 1.0
+    chosen_from: list[dict[str, list[tuple[int, Config]]]] = []
     pool_use: dict[str, dict[int, float]] = {}
-    for name in options:
-        cols = [(b.var(c.objective / scale, binary=True), c) for c in usable[name]]
-        chosen_from[name] = cols
-        duration[name] = {col: c.latency / sla for col, c in cols}
-        for col, c in cols:
-            for pool_name, units in c.usage:
-                pool_use.setdefault(pool_name, {})[col] = units
-        b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
-    _timing(b, graph, duration)
+    for graph, options in graphs:
+        sla = graph.sla.latency_seconds
+        usable = _reduce(graph, options, snapshot)
+        mine: dict[str, list[tuple[int, Config]]] = {}
+        duration: dict[str, dict[int, float]] = {}
+        for name in options:
+            cols = [(b.var(c.objective / scale, binary=True), c) for c in usable[name]]
+            mine[name] = cols
+            duration[name] = {col: c.latency / sla for col, c in cols}
+            for col, c in cols:
+                for pool_name, units in c.usage:
+                    pool_use.setdefault(pool_name, {})[col] = units
+            b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
+        _timing(b, graph, duration)
+        chosen_from.append(mine)
     for key, limit in snapshot.capacities().items():
         if key in pool_use:
             b.row(pool_use[key], -INF, limit)
     picked, status = _run(b, chosen_from, time_limit)
-    selection = None
-    if picked is not None:
-        selection = {(name, phase): o for name, c in picked.items() for phase, o in c.parts}
-    return MilpResult(selection, status, time.perf_counter() - started, len(b.cost), len(b.rows))
+    selections = None if picked is None else [
+        {(name, phase): o for name, c in one.items() for phase, o in c.parts} for one in picked]
+    return JointResult(selections, status, time.perf_counter() - started, len(b.cost),
+                       len(b.rows))
 
 
 def _reduce(
@@ -155,8 +181,9 @@ def _timing(
 
 
 def _run(
-    b: _Builder, chosen_from: Mapping[str, list[tuple[int, Config]]], time_limit: float
-) -> tuple[dict[str, Config] | None, str]:
+    b: _Builder, chosen_from: Sequence[Mapping[str, list[tuple[int, Config]]]],
+    time_limit: float,
+) -> tuple[list[dict[str, Config]] | None, str]:
     n = len(b.cost)
     rows, cols, vals = [], [], []
     for r, coefs in enumerate(b.rows):
@@ -174,8 +201,8 @@ def _run(
     )
     if result.x is None:
         return None, "infeasible" if result.status == 2 else f"no solution ({result.message})"
-    picked = {name: max(cols, key=lambda cc: result.x[cc[0]])[1]
-              for name, cols in chosen_from.items()}
+    picked = [{name: max(cols, key=lambda cc: result.x[cc[0]])[1]
+               for name, cols in one.items()} for one in chosen_from]
     if result.status == 0:
         return picked, "optimal"
     gap = getattr(result, "mip_gap", None)
