@@ -215,6 +215,49 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
+def cmd_joint(args: argparse.Namespace, out: Console) -> int:
+    """The joint re-planning report on the cluster the kubeconfig points at."""
+    from kubernetes import client, config
+    from rich.table import Table
+
+    from agentgraph.controller import joint
+    from agentgraph.controller.cluster import Cluster
+
+    try:
+        config.load_kube_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError) as e:
+        raise CliError(f"joint: no cluster to read: {e}") from e
+    try:
+        graphs, world = joint.read(Cluster(client.ApiClient()))
+    except (client.ApiException, OSError) as e:
+        raise CliError(f"joint: reading the cluster failed: {e}") from e
+    found = joint.report(graphs, world, time_limit=args.time_limit)
+    saving = found.saving
+    share = saving / found.first_come_total if found.first_come_total else 0.0
+    if args.output == "json":
+        print(json.dumps({
+            "status": found.status, "solveSeconds": round(found.seconds, 4),
+            "firstComePerHour": round(found.first_come_total, 6),
+            "jointPerHour": round(found.joint_total, 6),
+            "savingPerHour": round(saving, 6), "savingFraction": round(share, 6),
+            "graphs": [{"graph": r.key, "firstComePerHour": round(r.first_come, 6),
+                        "jointPerHour": round(r.joint, 6), "moves": r.moves}
+                       for r in found.rows],
+            "leftOut": [{"graph": k, "why": why} for k, why in found.left_out]}, indent=2))
+        return 0
+    table = Table("graph", "first come $/h", "joint $/h", "what would move",
+                  title=f"joint re-planning (advisory), solver: {found.status}")
+    for r in found.rows:
+        table.add_row(r.key, _money(r.first_come), _money(r.joint),
+                      "\n".join(r.moves) or "nothing")
+    table.add_row("total", _money(found.first_come_total), _money(found.joint_total),
+                  f"saves {_money(saving)}/hour ({share:.1%})")
+    out.print(table)
+    for key, why in found.left_out:
+        out.print(f"left out: {key}: {why}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, out: Console) -> int:
     from agentgraph import report  # matplotlib is needed here only
 
@@ -254,6 +297,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--profiles")
     r.add_argument("--out", default="reports")
     r.set_defaults(func=cmd_report)
+    j = sub.add_parser("joint", help="advisory: plan every admitted graph of a cluster together "
+                       "and show what $/hour that saves against their first-come plans")
+    j.add_argument("--kubeconfig", help="default: $KUBECONFIG, else ~/.kube/config")
+    j.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    j.add_argument("--time-limit", type=float, default=60.0, help="solver seconds (default 60)")
+    j.set_defaults(func=cmd_joint)
     sv = sub.add_parser("serve", help="run a graph on this machine, no cluster: its workers "
                         "and gateway on loopback ports")
     sv.add_argument("file")

@@ -66,6 +66,19 @@ class Cluster:
                 out.append(obj)
         return out
 
+    def list_all(self, what: str) -> list[dict[str, Any]]:
+        """Every object of ``what`` in the cluster: agentgraphs, hardwareprofiles, nodes, pods."""
+        if what in ("agentgraphs", "hardwareprofiles"):
+            listed = self.custom.list_cluster_custom_object(GROUP, VERSION, what,
+                                                            _preload_content=False)
+        elif what == "nodes":
+            listed = self.core.list_node(_preload_content=False)
+        elif what == "pods":
+            listed = self.core.list_pod_for_all_namespaces(_preload_content=False)
+        else:
+            raise ValueError(f"list_all: unknown kind {what!r}")
+        return list(_json(listed).get("items") or [])
+
     # writes ------------------------------------------------------------------------------
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]

@@ -11,16 +11,14 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import kopf
-import pydantic
 
 from agentgraph.api import GROUP, VERSION
-from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import validation_lines
 from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
 from agentgraph.controller import snapshot
 from agentgraph.controller.admission import BUDGET_ANNOTATION, hold_from
 from agentgraph.controller.ledger import Hold
 from agentgraph.controller.planning import World
+from agentgraph.controller.profiles import validated
 from agentgraph.controller.state import STATE
 from agentgraph.controller.status import condition_status
 from agentgraph.controller.status import parse as parse_status
@@ -29,8 +27,6 @@ log = logging.getLogger("agentgraph.operator")
 INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
 NO_WORLD = World(profiles=())
 T = TypeVar("T")
-PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
-_profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
 def namespaced(namespace: str | None) -> str:
@@ -131,29 +127,6 @@ def _on_loop(copy: Coroutine[Any, Any, T]) -> T:
 def read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
     """The indexes ``names``: each a list of its values."""
     return _on_loop(_copy(kwargs, *names))
-
-
-def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
-    meta = raw.get("metadata", {})
-    key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
-    if key not in _profiles_seen:
-        if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
-            _profiles_seen.clear()
-        try:
-            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
-        except pydantic.ValidationError as e:
-            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
-    return _profiles_seen[key]
-
-
-def validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
-    good, bad = [], []
-    for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):
-        profile, problems = _profile(raw)
-        if profile is not None:
-            good.append(profile)
-        bad.extend(problems)
-    return good, bad
 
 
 def world(kwargs: Mapping[str, Any]) -> World:

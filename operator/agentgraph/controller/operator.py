@@ -211,7 +211,7 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     seen[name] = mark
     if not STATE.started:
         return  # the initial listing: each graph is reconciled on resume anyway
-    known, _ = indexes.validated(indexes.read(kwargs, "profiles")[0])
+    known, _ = installed_profiles.validated(indexes.read(kwargs, "profiles")[0])
     labels = dict(body.get("metadata", {}).get("labels", {}))
     pools = _pools_of(labels, known) | (_pools_of(dict(before[0]), known) if before else set())
     for (namespace, graph), store in list(kwargs["graphs"].items()):

@@ -78,9 +78,14 @@ def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Pla
         corrections=measured.corrections)
     if unbounded:
         shot = shot.without_capacity()
-    sized = graph
-    if measured.rate != graph.spec.sla.target_requests_per_second:
-        sla = graph.spec.sla.model_copy(update={"target_requests_per_second": measured.rate})
-        sized = graph.model_copy(update={"spec": graph.spec.model_copy(update={"sla": sla})})
-    return solve.plan(sized, world.profiles, settings, snapshot=shot, time_limit=time_limit,
-                      keep_within=keep_within, current=current, move_cost=move_cost)
+    return solve.plan(sized(graph, measured.rate), world.profiles, settings, snapshot=shot,
+                      time_limit=time_limit, keep_within=keep_within, current=current,
+                      move_cost=move_cost)
+
+
+def sized(graph: AgentGraph, rate: float | None) -> AgentGraph:
+    """The graph as planned at ``rate`` (the replanner's, when it differs from the spec's)."""
+    if rate == graph.spec.sla.target_requests_per_second:
+        return graph
+    sla = graph.spec.sla.model_copy(update={"target_requests_per_second": rate})
+    return graph.model_copy(update={"spec": graph.spec.model_copy(update={"sla": sla})})

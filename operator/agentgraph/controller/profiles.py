@@ -15,16 +15,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pydantic
 from kubernetes import client
 
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.loading import parse
+from agentgraph.api.loading import parse, validation_lines
 from agentgraph.controller.cluster import APPLY, FIELD_MANAGER
 
 log = logging.getLogger("agentgraph.profiles")
 LABEL_SOURCE = f"{GROUP}/installed-by"
 SOURCE = "operator-settings"
+PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
+_profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
 def manifests(profiles: Iterable[HardwareProfile]) -> list[dict[str, Any]]:
@@ -65,3 +68,26 @@ def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwareprofiles", name)
         log.info("deleted HardwareProfile %s: no longer in the settings", name)
     log.info("installed %d HardwareProfile(s) from the settings", len(wanted))
+
+
+def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
+    meta = raw.get("metadata", {})
+    key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
+    if key not in _profiles_seen:
+        if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
+            _profiles_seen.clear()
+        try:
+            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
+        except pydantic.ValidationError as e:
+            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
+    return _profiles_seen[key]
+
+
+def validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
+    good, bad = [], []
+    for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):
+        profile, problems = _profile(raw)
+        if profile is not None:
+            good.append(profile)
+        bad.extend(problems)
+    return good, bad

@@ -119,10 +119,12 @@ def largest_free(
     nodes: Iterable[Obj],
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
+    skip: frozenset[tuple[str, str]] = frozenset(),
 ) -> dict[str, float]:
     """Per pool, the most units free on any one of its nodes: one replica's devices (or cores)
-    must all come from one node, so a TP4 replica needs a node with 4 free devices."""
-    return _free(profiles, nodes, pods, graph_key, _unit_resource, max)
+    must all come from one node, so a TP4 replica needs a node with 4 free devices. ``skip``:
+    graphs whose pods are not counted."""
+    return _free(profiles, nodes, pods, graph_key, _unit_resource, max, skip=skip)
 
 
 def _unit_resource(profile: HardwareProfile) -> str:
