@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentgraph.controller import admission, status
 from agentgraph.controller import reconcile as rc
-from agentgraph.controller import status
-from agentgraph.controller.ledger import Ledger
+from agentgraph.controller.ledger import Ledger, Waiting
 from builders import make_graph, make_pool, tool
 from test_reconcile import FakeCluster
 
@@ -106,9 +106,9 @@ def test_a_restarted_operator_rebuilds_the_ledger_from_the_statuses() -> None:
 
 def test_priority_then_age_orders_the_queue() -> None:
     ledger = Ledger()
-    ledger.wait(("ns", "old"), 0, "2026-12-01T00:00:00Z", "x")
-    ledger.wait(("ns", "new"), 0, "2026-12-01T00:00:09Z", "x")
-    ledger.wait(("ns", "vip"), 5, "2026-12-01T00:00:10Z", "x")
+    ledger.wait(("ns", "old"), Waiting(0, "2026-12-01T00:00:00Z", "x"))
+    ledger.wait(("ns", "new"), Waiting(0, "2026-12-01T00:00:09Z", "x"))
+    ledger.wait(("ns", "vip"), Waiting(5, "2026-12-01T00:00:10Z", "x"))
     assert ledger.queue() == [("ns", "vip"), ("ns", "old"), ("ns", "new")]
     assert ledger.position(("ns", "new")) == 3
 
@@ -129,3 +129,27 @@ def test_the_gateway_needs_room_too_so_a_hold_never_exceeds_the_pool() -> None:
     assert (admitted["status"], admitted["reason"]) == ("False", "InsufficientCapacity")
     assert "p needs 16.5 units, 16 free" in admitted["message"]
     assert not ledger.holds and not cluster.objects
+
+
+def test_a_waiting_graph_is_not_planned_again_until_something_it_depends_on_changes(
+        monkeypatch: Any) -> None:
+    """The resync retries every waiting graph: with the same inputs it must not solve again,
+    and the first change of room (the holder leaves) must admit it."""
+    ledger = Ledger()
+    first = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    solves = []
+    real = admission.plan_for
+    monkeypatch.setattr(admission, "plan_for", lambda *a, **k: solves.append(1) or real(*a, **k))
+    second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
+    one = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert one.waiting and solves
+    tried = len(solves)
+    again = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert again.waiting and len(solves) == tried  # same inputs: same answer, no solve
+    assert cond(again.status, "Admitted") == cond(one.status, "Admitted")
+    assert not again.status_written
+    ledger.release(("ns", "a"))
+    admitted = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert len(solves) > tried and not admitted.waiting
+    assert cond(admitted.status, "Admitted")["status"] == "True"

@@ -12,7 +12,7 @@ from agentgraph.api.plan import Plan
 from agentgraph.api.status import Admission, PoolHold, Reason
 from agentgraph.controller import render, replanning, snapshot, status
 from agentgraph.controller.cluster import Cluster
-from agentgraph.controller.ledger import Hold, Ledger
+from agentgraph.controller.ledger import Hold, Ledger, Waiting
 from agentgraph.controller.planning import Obj, World, plan_for
 
 BUDGET_ANNOTATION = "agentgraph.dev/budget-per-hour"
@@ -65,44 +65,60 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
           time_limit: float, keep_within: float, move_cost: float) -> Decision:
     """Plan against the pools minus what the other admitted graphs hold, under the ledger's
     lock, and record the hold (in the ledger, then in the status, with Admitted=True) before
-    any child is created."""
+    any child is created.
+
+    A waiting graph whose inputs are all as they were at its last try (its spec and measured
+    rate, the room left to it, its namespace's budget and spend) is not planned again: the
+    solver is deterministic, so the answer would be the same. The resync and every freed
+    room retry the whole queue; this keeps that cheap."""
     meta = obj["metadata"]
     key = (meta["namespace"], meta["name"])
     budget = budgets.get(key[0])
+    created = str(meta.get("creationTimestamp") or "")
     with ledger.lock:
-        ledger.waiting.pop(key, None)  # back in line below only if it still must wait
         held_units, held_pods = ledger.others(key)
         room = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, key,
                                            ledger.holders(), held_units, held_pods)
-        plan = _plan_with_gateway(graph, obj, world, measured, time_limit, keep_within,
-                                  move_cost, room)
+        block = snapshot.largest_free(world.profiles, world.nodes, world.pods, key)
         mine = ledger.holds.get(key)
-        created = str(meta.get("creationTimestamp") or "")
+        signature = (meta.get("generation"), measured.rate,
+                     tuple(sorted(measured.corrections.items())), budget,
+                     round(ledger.spend(key[0], but=key), 9), _rounded(room[0]),
+                     _rounded(room[1]), _rounded(block), mine)
+        before = ledger.waiting.get(key)
+        if before is not None and before.signature == signature and before.plan is not None:
+            position = ledger.position(key)
+            return Decision(before.plan, admission_of(mine, ledger, key, budget, position,
+                                                      before.cost),
+                            (before.reason, _message(before, position, len(ledger.waiting))),
+                            None)
+        ledger.waiting.pop(key, None)  # back in line below only if it still must wait
+        plan = _plan_with_gateway(graph, obj, world, measured, time_limit, keep_within,
+                                  move_cost, room, block)
         if not plan.feasible:
             empty = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
-                             unbounded=True)
+                             block=block, unbounded=True)
             if not empty.feasible:  # it fits nowhere: Infeasible, not a matter of room
-                return Decision(plan, admission_of(mine, ledger, key, budget), None, None)
-            short = _short(hold_of(graph, empty, world.profiles), room)
-            position = ledger.wait(key, graph.spec.priority, created, "InsufficientCapacity")
-            message = (f"the shared pools have no room for it now: {short}; queue position "
-                       f"{position} of {len(ledger.waiting)}; with room it would cost "
-                       f"${empty.cost_per_hour or 0:.4g}/hour")
-            if mine is not None:
-                message += "; the plan it holds keeps running"
-            return Decision(plan, admission_of(mine, ledger, key, budget, position,
-                                               empty.cost_per_hour),
-                            (Reason.INSUFFICIENT_CAPACITY, message), None)
+                return Decision(empty, admission_of(mine, ledger, key, budget), None, None)
+            why = Waiting(graph.spec.priority, created, Reason.INSUFFICIENT_CAPACITY,
+                          _short(hold_of(graph, empty, world.profiles), room)
+                          + ("; the plan it holds keeps running" if mine else ""),
+                          empty.cost_per_hour, signature, plan)
+            position = ledger.wait(key, why)
+            return Decision(plan, admission_of(mine, ledger, key, budget, position, why.cost),
+                            (why.reason, _message(why, position, len(ledger.waiting))), None)
         hold = hold_of(graph, plan, world.profiles)
         spend = ledger.spend(key[0], but=key) + hold.cost_per_hour
         if budget is not None and spend > budget * (1 + 1e-9):
-            position = ledger.wait(key, graph.spec.priority, created, "OverBudget")
-            message = (f"namespace {key[0]}: this plan's ${hold.cost_per_hour:.4g}/hour would "
-                       f"bring it to ${spend:.4g}/hour, over its budget of ${budget:.4g}/hour "
-                       f"({BUDGET_ANNOTATION}) by ${spend - budget:.4g}/hour")
-            return Decision(plan, admission_of(mine, ledger, key, budget, position,
-                                               hold.cost_per_hour),
-                            (Reason.OVER_BUDGET, message), None)
+            why = Waiting(graph.spec.priority, created, Reason.OVER_BUDGET,
+                          f"namespace {key[0]}: this plan's ${hold.cost_per_hour:.4g}/hour "
+                          f"would bring it to ${spend:.4g}/hour, over its budget of "
+                          f"${budget:.4g}/hour ({BUDGET_ANNOTATION}) by "
+                          f"${spend - budget:.4g}/hour", hold.cost_per_hour, signature,
+                          plan.model_copy(update={"feasible": False}))
+            position = ledger.wait(key, why)
+            return Decision(plan, admission_of(mine, ledger, key, budget, position, why.cost),
+                            (why.reason, _message(why, position, len(ledger.waiting))), None)
         changed = ledger.admit(key, hold)
     admission = admission_of(hold, ledger, key, budget)
     if not changed:
@@ -113,6 +129,17 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
     return Decision(plan, admission, None, early)
 
 
+def _rounded(values: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, round(v, 9)) for k, v in values.items()))
+
+
+def _message(why: Waiting, position: int, waiting: int) -> str:
+    if why.reason is Reason.OVER_BUDGET:
+        return why.detail
+    return (f"the shared pools have no room for it now: {why.detail}; queue position "
+            f"{position} of {waiting}; with room it would cost ${why.cost or 0:.4g}/hour")
+
+
 def _fits(hold: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> bool:
     units, pods = room
     return (all(u <= units.get(p, 0.0) + 1e-9 for p, u in hold.units.items())
@@ -121,12 +148,13 @@ def _fits(hold: Hold, room: tuple[Mapping[str, float], Mapping[str, float]]) -> 
 
 def _plan_with_gateway(graph: AgentGraph, obj: Obj, world: World,
                        measured: replanning.Planning, time_limit: float, keep_within: float,
-                       move_cost: float,
-                       room: tuple[Mapping[str, float], Mapping[str, float]]) -> Plan:
+                       move_cost: float, room: tuple[Mapping[str, float], Mapping[str, float]],
+                       block: Mapping[str, float]) -> Plan:
     """The planner sizes the steps; the gateway comes on top, in the cheapest CPU pool the plan
     uses. When the plan took the room the gateway needs there, plan again with that room set
     aside, so that what is held never exceeds what is free."""
-    plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room)
+    plan = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost, room,
+                    block, diagnose_infeasible=False)
     if not plan.feasible or _fits(hold_of(graph, plan, world.profiles), room):
         return plan
     pool = render.gateway_pool(plan, {p.name: p for p in world.profiles})
@@ -138,7 +166,7 @@ def _plan_with_gateway(graph: AgentGraph, obj: Obj, world: World,
     units[pool.name] = max(0.0, units.get(pool.name, 0.0) - n * cores)
     pods[pool.name] = max(0.0, pods.get(pool.name, 0.0) - n)
     again = plan_for(graph, obj, world, measured, time_limit, keep_within, move_cost,
-                     (units, pods))
+                     (units, pods), block, diagnose_infeasible=False)
     if again.feasible and _fits(hold_of(graph, again, world.profiles), room):
         return again
     reason = f"no room for its gateway in {pool.name} next to its steps"

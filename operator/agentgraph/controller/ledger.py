@@ -13,8 +13,9 @@ middle of admitting over-commits nothing: a hold is written before the children 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 Key = tuple[str, str]  # (namespace, graph)
 
@@ -31,9 +32,16 @@ class Hold:
 
 @dataclass(frozen=True)
 class Waiting:
+    """A graph in the queue: its order, why it waits, and what its last try saw and found (a
+    try with the same inputs would find the same: admission does not plan it again)."""
+
     priority: int
     created: str  # RFC 3339: sorts as time
-    reason: str
+    reason: Any  # api.status.Reason
+    detail: str = ""  # what ran out, or by how much the budget is exceeded
+    cost: float | None = None  # $/hour it would cost with room (or its plan's, over budget)
+    signature: Hashable = None  # the inputs of the last try
+    plan: Any = None  # api.plan.Plan: what the last try returned
 
 
 class Ledger:
@@ -80,9 +88,9 @@ class Ledger:
         self.holds[key] = hold
         return changed
 
-    def wait(self, key: Key, priority: int, created: str, reason: str) -> int:
+    def wait(self, key: Key, why: Waiting) -> int:
         """Queue ``key`` (it keeps what it holds, if anything); its 1-based position."""
-        self.waiting[key] = Waiting(priority, created, reason)
+        self.waiting[key] = why
         return self.position(key)
 
     def position(self, key: Key) -> int:

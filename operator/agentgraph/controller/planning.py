@@ -59,11 +59,14 @@ def current_placement(previous: Obj, generation: int | None) -> solve.Placement 
 def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Planning,
              time_limit: float, keep_within: float, move_cost: float,
              room: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
-             unbounded: bool = False) -> Plan:
+             block: Mapping[str, float] | None = None, unbounded: bool = False,
+             diagnose_infeasible: bool = True) -> Plan:
     """Snapshot (free capacity as this graph sees it, measured corrections), then plan, sized
     for the measured rate when that is what the replanner asks for. ``room``: units and pods
-    per pool from the admission ledger, instead of the live pods; ``unbounded``: as if the
-    cluster were empty (what a waiting graph would cost)."""
+    per pool from the admission ledger, instead of the live pods; ``block``: the most units
+    free on one node per pool, when the caller has it; ``unbounded``: as if the cluster were
+    empty (what a waiting graph would cost); ``diagnose_infeasible``: say why when nothing
+    fits (an extra solve; admission says it in its own terms)."""
     meta = obj["metadata"]
     key = (meta["namespace"], meta["name"])
     current = current_placement(obj.get("status") or {}, meta.get("generation"))
@@ -74,13 +77,14 @@ def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Pla
         snapshot.free_pods(world.profiles, world.nodes, world.pods, key, placed))
     shot = ClusterSnapshot.from_profiles(
         world.profiles, settings, capacity_units=units, capacity_pods=pods,
-        capacity_block=snapshot.largest_free(world.profiles, world.nodes, world.pods, key),
+        capacity_block=block if block is not None else snapshot.largest_free(
+            world.profiles, world.nodes, world.pods, key),
         corrections=measured.corrections)
     if unbounded:
         shot = shot.without_capacity()
     return solve.plan(sized(graph, measured.rate), world.profiles, settings, snapshot=shot,
                       time_limit=time_limit, keep_within=keep_within, current=current,
-                      move_cost=move_cost)
+                      move_cost=move_cost, diagnose_infeasible=diagnose_infeasible)
 
 
 def sized(graph: AgentGraph, rate: float | None) -> AgentGraph:

@@ -38,6 +38,7 @@ def plan(
     keep_within: float = KEEP_WITHIN,
     snapshot: ClusterSnapshot | None = None,
     move_cost: float = 0.0,
+    diagnose_infeasible: bool = True,
 ) -> Plan:
     """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
     it is valid but nothing meets it on this hardware.
@@ -50,7 +51,9 @@ def plan(
     ``snapshot`` (the operator builds it: free capacity, measured corrections) replaces the
     capacity arguments. ``move_cost``, with ``current``: a step phase that changes pool or
     tensor parallelism is priced ``move_cost`` higher in the solve (not in the plan), so a
-    replan moves only the steps for which moving pays; scaling in place costs nothing extra."""
+    replan moves only the steps for which moving pays; scaling in place costs nothing extra.
+    ``diagnose_infeasible=False``: when nothing fits, skip finding out why (a second solve
+    without the capacities); the reasons then only say that nothing fits."""
     settings = settings or CostSettings()
     model = graph_model.build(graph)
     if snapshot is None:
@@ -76,6 +79,10 @@ def plan(
                     solve_seconds=result.seconds,
                     reasons=[f"the solver found no plan within its time limit of {time_limit:g} s "
                              f"({result.status}); allow it more time"])
+    if result.selection is None and not diagnose_infeasible:
+        return Plan(feasible=False, sla_seconds=sla, solver_status=result.status,
+                    solve_seconds=result.seconds,
+                    reasons=["no plan meets the SLA within the capacity given"])
     if result.selection is None:
         relaxed = None
         if snapshot.capacities():
