@@ -86,16 +86,16 @@ def test_infeasible_keeps_the_running_plan_and_sorts_reasons() -> None:
 
 
 def test_a_rollout_is_complete_only_without_old_pods() -> None:
-    from agentgraph.controller.reconcile import _available
+    from agentgraph.controller.readiness import available
 
     def deployment(available: int, updated: int, total: int) -> dict:  # type: ignore[type-arg]
         return {"metadata": {"generation": 2}, "spec": {"replicas": 1},
                 "status": {"observedGeneration": 2, "availableReplicas": available,
                            "updatedReplicas": updated, "replicas": total}}
 
-    assert _available(deployment(1, 1, 1))
-    assert not _available(deployment(1, 1, 2))  # the old ReplicaSet's pod is still there
-    assert not _available(deployment(1, 0, 1))
+    assert available(deployment(1, 1, 1))
+    assert not available(deployment(1, 1, 2))  # the old ReplicaSet's pod is still there
+    assert not available(deployment(1, 0, 1))
 
 
 def test_operator_config_defaults_and_errors_naming_the_field(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -114,9 +114,9 @@ def test_an_unchanged_plan_rewrites_nothing(cluster: FakeCluster) -> None:
     w = world()
     first = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), w)  # type: ignore[arg-type]
     assert first.feasible and not first.ready and first.status_written
-    # 7 step phases x (Deployment, Service); the gateway's Deployment, Service,
-    # ServiceAccount, Role and RoleBinding; the runtime ConfigMap
-    assert len(first.applied) == len(cluster.objects) == 14 + 6
+    # 7 step phases' Deployments; the gateway's Deployment, Service, ServiceAccount, Role and
+    # RoleBinding; the runtime ConfigMap
+    assert len(first.applied) == len(cluster.objects) == 7 + 6
     cluster.writes.clear()
     again = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), w)  # type: ignore[arg-type]
     assert again.applied == [] and again.deleted == [] and not again.status_written
@@ -147,9 +147,10 @@ def test_drift_escalates_and_full_mends_only_the_drifted_child(cluster: FakeClus
     assert out.escalate and not out.status_written
     full = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), w)  # type: ignore[arg-type]
     assert full.applied == [f"Deployment/{name}"]
-    del cluster.objects[("Service", name)]  # someone deleted one
+    gateway = render.gateway_name("voice-agent")
+    del cluster.objects[("Service", gateway)]  # someone deleted one
     assert rc.reconcile(cluster, cluster.graph("demo", "voice-agent"),  # type: ignore[arg-type]
-                        w).applied == [f"Service/{name}"]
+                        w).applied == [f"Service/{gateway}"]
 
 
 def test_readiness_before_a_plan_for_this_spec_escalates(cluster: FakeCluster) -> None:

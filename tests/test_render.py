@@ -39,10 +39,17 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
-def test_one_deployment_and_service_per_step_phase_plus_the_gateway(rendered: tuple) -> None:  # type: ignore[type-arg]
-    _, plan, _, objs = rendered
-    assert len(_kind(objs, "Deployment")) == len(_kind(objs, "Service")) == \
-        len(plan.assignments) + 1
+def test_one_deployment_per_step_phase_plus_the_gateway(rendered: tuple) -> None:  # type: ignore[type-arg]
+    graph, plan, profiles, objs = rendered
+    assert len(_kind(objs, "Deployment")) == len(plan.assignments) + 1
+    assert [o["metadata"]["name"] for o in _kind(objs, "Service")] == [
+        gateway_name("voice-agent")]  # the gateway routes to the step pods itself
+    runtime = graph.spec.runtime.model_copy(update={"step_services": True})  # asked for
+    asked = graph.model_copy(update={"spec": graph.spec.model_copy(update={"runtime": runtime})})
+    with_services = render.render(asked, plan, profiles, "demo", "uid-1")
+    assert len(_kind(with_services, "Service")) == len(plan.assignments) + 1
+    assert {o["metadata"]["name"] for o in _kind(with_services, "Service")} == {
+        o["metadata"]["name"] for o in _kind(with_services, "Deployment")}
     assert [o["kind"] for o in objs][:4] == ["ConfigMap", "ServiceAccount", "Role",
                                              "RoleBinding"]  # what the gateway needs, first
     for o in objs:

@@ -286,6 +286,10 @@ class GraphRuntime(ApiModel):
     request_timeout_seconds: PositiveFloat | None = None  # absent: twice sla.latencySeconds
     max_in_flight: int = Field(default=512, ge=1, le=100_000)  # the gateway answers 503 past it
     gateway_replicas: int | None = Field(default=None, ge=1, le=64)  # absent: from the rate
+    # A ClusterIP Service per step (per phase for LLM steps), to call a step directly. Off by
+    # default: the gateway routes to the step pods itself, and each Service costs a cluster IP,
+    # proxy rules on every node and EndpointSlice updates on every pod change.
+    step_services: bool = False
 
 
 class ReplanSpec(ApiModel):

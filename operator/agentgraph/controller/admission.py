@@ -13,7 +13,8 @@ from agentgraph.api.status import Admission, PoolHold, Reason
 from agentgraph.controller import render, replanning, snapshot, status
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.ledger import Hold, Ledger, Waiting
-from agentgraph.controller.planning import Obj, World, plan_for
+from agentgraph.controller.planning import Obj, World, parse_graph, plan_for
+from agentgraph.planner.errors import PlanningError
 
 BUDGET_ANNOTATION = "agentgraph.dev/budget-per-hour"
 
@@ -127,6 +128,44 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
     early = status.with_admission(obj.get("status") or {}, admission, meta.get("generation"))
     cluster.patch_status(key[0], key[1], early)
     return Decision(plan, admission, None, early)
+
+
+Arrival = tuple[tuple[str, str], int, str]  # (key, priority, creation time)
+
+
+def sweep(cluster: Cluster, arrivals: Sequence[Arrival], world: World, ledger: Ledger,
+          budgets: Mapping[str, float], time_limit: float, keep_within: float,
+          move_cost: float) -> int:
+    """Decide every graph that has arrived and is neither holding nor waiting, first in line
+    first (priority, then creation time): admit it (its hold in the ledger and its status) or
+    queue it (Admitted=False in its status). Its own reconcile then finds the decision made and
+    goes on to its children. A burst of graphs is thus decided in order and in one pass, not
+    one per free handler thread behind the others' child creation. Returns how many."""
+    done = 0
+    with ledger.lock:
+        for key, _, _ in sorted(arrivals, key=lambda a: (-a[1], a[2], a[0])):
+            if key in ledger.holds or key in ledger.waiting or key in ledger.undecidable:
+                continue
+            obj = cluster.graph(*key)
+            graph = None if obj is None else parse_graph(obj)[0]
+            if obj is None or graph is None:
+                continue  # gone, or invalid: its own reconcile says why
+            generation = obj["metadata"].get("generation")
+            try:
+                decision = admit(cluster, graph, obj, world,
+                                 replanning.planning(graph, obj.get("status")), ledger, budgets,
+                                 time_limit, keep_within, move_cost)
+            except PlanningError:
+                ledger.undecidable[key] = generation
+                continue
+            if decision.waiting is not None:
+                cluster.patch_status(key[0], key[1], status.with_admission(
+                    obj.get("status") or {}, decision.admission, generation,
+                    waiting=decision.waiting))
+            elif decision.status is None and key not in ledger.holds:
+                ledger.undecidable[key] = generation  # fits nowhere: Infeasible, not queued
+            done += 1
+    return done
 
 
 def _rounded(values: Mapping[str, float]) -> tuple[tuple[str, float], ...]:

@@ -13,18 +13,20 @@ from typing import Any, TypeVar
 import kopf
 
 from agentgraph.api import GROUP, VERSION
-from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
+from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL, MANAGED_BY, object_name
 from agentgraph.controller import snapshot
 from agentgraph.controller.admission import BUDGET_ANNOTATION, hold_from
 from agentgraph.controller.ledger import Hold
 from agentgraph.controller.planning import World
 from agentgraph.controller.profiles import validated
+from agentgraph.controller.readiness import Readiness, available
 from agentgraph.controller.state import STATE
 from agentgraph.controller.status import condition_status
 from agentgraph.controller.status import parse as parse_status
 
 log = logging.getLogger("agentgraph.operator")
-INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets")
+INDEXES = ("graphs", "nodes", "pods", "profiles", "holds", "budgets", "placed", "deployments",
+           "arrivals")
 NO_WORLD = World(profiles=())
 T = TypeVar("T")
 
@@ -43,6 +45,43 @@ def graphs(namespace: str | None, name: str, status: kopf.Status,
     planned = condition_status(status, "Planned") == "True"
     pools = status.get("plan", {}).get("pools")
     return {(namespace, name): frozenset(pools.split(",")) if planned and pools else None}
+
+
+@kopf.index(GROUP, VERSION, "agentgraphs")
+def placed(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
+           **_: Any) -> dict[tuple[str, str], Readiness]:
+    """What a child's status change is checked against without a call to the API server: the
+    graph's shown readiness and the Deployments its current plan names (replicas, pool)."""
+    namespace = namespaced(namespace)
+    current = (status.get("observedGeneration") == meta.get("generation")
+               and condition_status(status, "Planned") == "True")
+    steps = status.get("plan", {}).get("steps") or [] if current else []
+    return {(namespace, name): Readiness(
+        current=current, ready=condition_status(status, "Ready") == "True",
+        steps=frozenset((object_name(name, s.get("step", ""), s.get("phase")),
+                         s.get("replicas"), s.get("pool")) for s in steps))}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED_BY)
+def deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+                **_: Any) -> dict[tuple[str, str], tuple[str, Any, Any, bool]]:
+    """Our Deployments per graph: (name, replicas, pool, rollout complete)."""
+    graph = labels.get(LABEL_GRAPH)
+    if not graph:
+        return {}
+    spec = body.get("spec", {})
+    pool = spec.get("template", {}).get("metadata", {}).get("labels", {}).get(LABEL_POOL)
+    return {(namespaced(namespace), graph): (body["metadata"]["name"], spec.get("replicas"),
+                                             pool, available(body))}
+
+
+@kopf.index(GROUP, VERSION, "agentgraphs")
+def arrivals(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
+             **_: Any) -> dict[tuple[str, str], tuple[int, str]]:
+    """Each graph's place in the admission order: its priority and creation time."""
+    priority = spec.get("priority", 0)
+    return {(namespaced(namespace), name): (priority if isinstance(priority, int) else 0,
+                                            str(meta.get("creationTimestamp") or ""))}
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
@@ -144,3 +183,12 @@ def keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
     return _on_loop(_copy_keyed(kwargs, name))
 
 
+
+
+async def _copy_one(kwargs: Mapping[str, Any], name: str, key: Any) -> list[Any]:
+    return list(kwargs[name].get(key, ()))
+
+
+def of(kwargs: Mapping[str, Any], name: str, key: Any) -> list[Any]:
+    """The values index ``name`` holds for ``key``."""
+    return _on_loop(_copy_one(kwargs, name, key))

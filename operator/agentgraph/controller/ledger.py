@@ -49,6 +49,9 @@ class Ledger:
         self.lock = threading.RLock()  # held from capacity to the recorded hold
         self.holds: dict[Key, Hold] = {}
         self.waiting: dict[Key, Waiting] = {}
+        # Graphs an admission sweep passes over (invalid, or fitting nowhere), by the
+        # generation it saw: their own reconciles report them.
+        self.undecidable: dict[Key, int | None] = {}
         self.seeded = False
 
     def seed(self, holds: Iterable[tuple[Key, Hold]]) -> None:
@@ -106,4 +109,5 @@ class Ledger:
     def release(self, key: Key) -> bool:
         """``key`` is gone: its hold and its place in the queue. True when it held something."""
         self.waiting.pop(key, None)
+        self.undecidable.pop(key, None)
         return self.holds.pop(key, None) is not None

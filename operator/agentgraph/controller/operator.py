@@ -29,7 +29,7 @@ from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
 from agentgraph.api.naming import LABEL_GRAPH, MANAGED_BY
-from agentgraph.controller import indexes, metrics, snapshot
+from agentgraph.controller import admission, indexes, metrics, readiness, snapshot
 from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
@@ -96,15 +96,23 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         # READINESS plans nothing: the most frequent trigger copies no index.
         world = indexes.world(kwargs) if asked is Level.FULL else indexes.NO_WORLD
         ledger = STATE.ledger
+        budgets = indexes.keyed(kwargs, "budgets") if asked is Level.FULL else None
         if asked is Level.FULL and not ledger.seeded:
             ledger.seed(indexes.keyed(kwargs, "holds").items())
-        before = ledger.holds.get((namespace, name))
+        key = (namespace, name)
+        if asked is Level.FULL and key not in ledger.holds and key not in ledger.waiting:
+            # A newcomer: decide every newcomer, in order, before this one's children.
+            if admission.sweep(_cluster(), [(k, *v) for k, v in
+                                            indexes.keyed(kwargs, "arrivals").items()], world,
+                               ledger, budgets or {}, settings.solver_time_limit_seconds,
+                               settings.keep_within, settings.replan.move_cost):
+                obj = _cluster().graph(namespace, name) or obj  # with what the sweep wrote
+        before = ledger.holds.get(key)
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
                             keep_within=settings.keep_within, runtime=settings.runtime,
                             move_cost=settings.replan.move_cost, ledger=ledger,
-                            budgets=(indexes.keyed(kwargs, "budgets") if asked is Level.FULL
-                                     else None))
+                            budgets=budgets)
         after = ledger.holds.get((namespace, name))
         if before is not None and ledger.waiting and (after is None or any(
                 after.units.get(p, 0.0) < u - 1e-9 for p, u in before.units.items())):
@@ -233,20 +241,31 @@ def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
 def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
                    **kwargs: Any) -> None:
     """A deleted graph's children go by garbage collection; its metrics and its hold go here,
-    and the graphs waiting for room try again."""
+    and the graphs waiting for room try again. A status written while a child changed may
+    have crossed that child's event: when the caches now say Ready should flip, check."""
+    key = (indexes.namespaced(namespace), name)
     if event.get("type") == "DELETED":
-        key = (indexes.namespaced(namespace), name)
         metrics.forget_graph(*key)
         if STATE.ledger.release(key) and STATE.started:
             threading.Thread(target=_retry_waiting, args=(kwargs,), daemon=True).start()
+        return
+    shown = indexes.of(kwargs, "placed", key)
+    if STATE.started and shown:
+        verdict = readiness.check(shown[0], indexes.of(kwargs, "deployments", key))
+        if verdict is not None and verdict != shown[0].ready:
+            _request(*key, Level.READINESS, kwargs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
 def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
-    """A step's Deployment changed (pods became available, or someone edited it)."""
+    """A step's Deployment changed (pods became available, or someone edited it). Most such
+    changes leave the graph's Ready as it is: the caches tell, and then nothing is called."""
     graph = labels.get(LABEL_GRAPH)
-    if STATE.started and graph:
-        _request(indexes.namespaced(namespace), graph, Level.READINESS, kwargs)
+    if not (STATE.started and graph):
+        return
+    key = (indexes.namespaced(namespace), graph)
+    if readiness.stale(indexes.of(kwargs, "placed", key), indexes.of(kwargs, "deployments", key)):
+        _request(*key, Level.READINESS, kwargs)
 
 
 @kopf.on.startup()

@@ -3,8 +3,8 @@ manifests, in the order they are applied.
 
 Per graph: the runtime ConfigMap (the graph as the gateway executes it), the gateway's
 ServiceAccount, Role and RoleBinding (read its pods and that ConfigMap, nothing else), one
-Deployment and one Service per step (per phase for LLM steps), and the gateway's Deployment and
-Service. A step pod pins its pool by node labels, tolerates its taints, requests its devices and
+Deployment per step (per phase for LLM steps; and a Service each with
+``spec.runtime.stepServices``), and the gateway's Deployment and Service. A step pod pins its pool by node labels, tolerates its taints, requests its devices and
 runs a reference worker (``agentgraph worker``) unless the step names its own container. The
 selector names the graph, step and phase but not the pool, so a step that moves pools is rolled
 over in place rather than deleted first. Children carry only our labels: never the parent's
@@ -206,10 +206,10 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
                  },
              },
          }},
-        {"apiVersion": "v1", "kind": "Service", "metadata": meta_of(obj, labels),
-         "spec": {"selector": match,
-                  "ports": [{"name": "http", "port": port, "targetPort": "http"}]}},
-    ]
+    ] + ([{"apiVersion": "v1", "kind": "Service", "metadata": meta_of(obj, labels),
+           "spec": {"selector": match,
+                    "ports": [{"name": "http", "port": port, "targetPort": "http"}]}}]
+         if graph.spec.runtime.step_services else [])
 
 
 def gateway_pool(plan: Plan, profiles: Mapping[str, HardwareProfile]) -> HardwareProfile | None:

@@ -211,14 +211,17 @@ def admitted_message(admission: Admission) -> str:
 
 
 def with_admission(previous: Mapping[str, Any], admission: Admission, generation: int | None,
-                   at: str | None = None) -> Wire:
+                   at: str | None = None, waiting: tuple[Reason, str] | None = None) -> Wire:
     """The status the moment a graph is admitted, before any of its children exists: its hold
-    and Admitted=True. The rest (plan, Ready) follows when the children are applied."""
+    and Admitted=True; or, with ``waiting``, Admitted=False and why. The rest (plan, Ready)
+    follows from its reconcile."""
     at = at or now()
     prev = parse(previous)
     conditions = [c for c in prev.conditions if c.type is not ConditionType.ADMITTED]
-    conditions.append(condition(ConditionType.ADMITTED, True, Reason.ADMITTED,
-                                admitted_message(admission), generation, prev.conditions, at))
+    conditions.append(condition(ConditionType.ADMITTED, waiting is None,
+                                waiting[0] if waiting else Reason.ADMITTED,
+                                waiting[1] if waiting else admitted_message(admission),
+                                generation, prev.conditions, at))
     return dump(prev.model_copy(update={"conditions": _sorted(conditions),
                                         "admission": admission}))
 
