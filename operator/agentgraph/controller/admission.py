@@ -3,7 +3,9 @@ the ledger's lock, and record its hold before any child exists (controller/ledge
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from agentgraph.api.graph import AgentGraph
@@ -12,11 +14,12 @@ from agentgraph.api.plan import Plan
 from agentgraph.api.status import Admission, PoolHold, Reason
 from agentgraph.controller import render, replanning, snapshot, status
 from agentgraph.controller.cluster import Cluster
-from agentgraph.controller.ledger import Hold, Ledger, Waiting
+from agentgraph.controller.ledger import Hold, Key, Ledger, Waiting
 from agentgraph.controller.planning import Obj, World, parse_graph, plan_for
 from agentgraph.planner.errors import PlanningError
 
 BUDGET_ANNOTATION = "agentgraph.dev/budget-per-hour"
+log = logging.getLogger("agentgraph.admission")
 
 
 def hold_of(graph: AgentGraph, plan: Plan, profiles: Sequence[HardwareProfile]) -> Hold:
@@ -58,15 +61,30 @@ class Decision(NamedTuple):
     plan: Plan
     admission: Admission  # what to show
     waiting: tuple[Reason, str] | None  # why it must wait, when it must
-    status: dict[str, Any] | None  # the status written on admission (None: none written)
+    # admit(): the status written on admission (None: none written); decide(): the status
+    # to write before any child is created (None: the status records the hold already)
+    status: dict[str, Any] | None
 
 
 def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
           measured: replanning.Planning, ledger: Ledger, budgets: Mapping[str, float],
           time_limit: float, keep_within: float, move_cost: float) -> Decision:
+    """``decide``, then record the hold in the status (Admitted=True) when it does not record
+    it yet: before any child is created, so a restart over-commits nothing."""
+    decision = decide(graph, obj, world, measured, ledger, budgets, time_limit, keep_within,
+                      move_cost)
+    if decision.status is not None:
+        meta = obj["metadata"]
+        cluster.patch_status(meta["namespace"], meta["name"], decision.status)
+        ledger.persisted.add((meta["namespace"], meta["name"]))
+    return decision
+
+
+def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Planning,
+           ledger: Ledger, budgets: Mapping[str, float], time_limit: float,
+           keep_within: float, move_cost: float) -> Decision:
     """Plan against the pools minus what the other admitted graphs hold, under the ledger's
-    lock, and record the hold (in the ledger, then in the status, with Admitted=True) before
-    any child is created.
+    lock, and record the hold in the ledger (no call to the API server).
 
     A waiting graph whose inputs are all as they were at its last try (its spec and measured
     rate, the room left to it, its namespace's budget and spend) is not planned again: the
@@ -122,50 +140,66 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
                             (why.reason, _message(why, position, len(ledger.waiting))), None)
         changed = ledger.admit(key, hold)
     admission = admission_of(hold, ledger, key, budget)
-    if not changed:
+    if not changed and key in ledger.persisted:
         return Decision(plan, admission, None, None)
-    # Recorded before the children exist: a restart from here on over-commits nothing.
-    early = status.with_admission(obj.get("status") or {}, admission, meta.get("generation"))
-    cluster.patch_status(key[0], key[1], early)
-    return Decision(plan, admission, None, early)
+    return Decision(plan, admission, None, status.with_admission(
+        obj.get("status") or {}, admission, meta.get("generation")))
 
 
 Arrival = tuple[tuple[str, str], int, str]  # (key, priority, creation time)
 
 
-def sweep(cluster: Cluster, arrivals: Sequence[Arrival], world: World, ledger: Ledger,
-          budgets: Mapping[str, float], time_limit: float, keep_within: float,
-          move_cost: float) -> int:
+def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Obj],
+          world: World, ledger: Ledger, budgets: Mapping[str, float], time_limit: float,
+          keep_within: float, move_cost: float, writers: int = 4) -> int:
     """Decide every graph that has arrived and is neither holding nor waiting, first in line
     first (priority, then creation time): admit it (its hold in the ledger and its status) or
     queue it (Admitted=False in its status). Its own reconcile then finds the decision made and
     goes on to its children. A burst of graphs is thus decided in order and in one pass, not
-    one per free handler thread behind the others' child creation. Returns how many."""
-    done = 0
+    one per free handler thread behind the others' child creation. ``bodies``: the graphs as
+    their watch events brought them (others are read). The statuses are written after the
+    lock is released, ``writers`` at a time. Returns how many were decided."""
+    writes: list[tuple[Key, dict[str, Any], bool]] = []  # (key, status, admitted)
     with ledger.lock:
         for key, _, _ in sorted(arrivals, key=lambda a: (-a[1], a[2], a[0])):
             if key in ledger.holds or key in ledger.waiting or key in ledger.undecidable:
                 continue
-            obj = cluster.graph(*key)
+            obj = bodies.get(key) or cluster.graph(*key)
             graph = None if obj is None else parse_graph(obj)[0]
             if obj is None or graph is None:
                 continue  # gone, or invalid: its own reconcile says why
             generation = obj["metadata"].get("generation")
             try:
-                decision = admit(cluster, graph, obj, world,
-                                 replanning.planning(graph, obj.get("status")), ledger, budgets,
-                                 time_limit, keep_within, move_cost)
+                decision = decide(graph, obj, world,
+                                  replanning.planning(graph, obj.get("status")), ledger,
+                                  budgets, time_limit, keep_within, move_cost)
             except PlanningError:
                 ledger.undecidable[key] = generation
                 continue
             if decision.waiting is not None:
-                cluster.patch_status(key[0], key[1], status.with_admission(
+                writes.append((key, status.with_admission(
                     obj.get("status") or {}, decision.admission, generation,
-                    waiting=decision.waiting))
-            elif decision.status is None and key not in ledger.holds:
+                    waiting=decision.waiting), False))
+            elif decision.status is not None:
+                writes.append((key, decision.status, True))
+            elif key not in ledger.holds:
                 ledger.undecidable[key] = generation  # fits nowhere: Infeasible, not queued
-            done += 1
-    return done
+
+    def write(item: tuple[Key, dict[str, Any], bool]) -> None:
+        key, new, admitted = item
+        try:
+            cluster.patch_status(key[0], key[1], new)
+        except Exception:  # gone meanwhile, or the API refused: its reconcile writes it
+            log.warning("%s/%s: could not record its admission", *key, exc_info=True)
+            return
+        if admitted:
+            with ledger.lock:
+                if ledger.holds.get(key) is not None:
+                    ledger.persisted.add(key)
+
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="admission") as pool:
+        list(pool.map(write, writes))
+    return len(writes)
 
 
 def _rounded(values: Mapping[str, float]) -> tuple[tuple[str, float], ...]:

@@ -1,6 +1,8 @@
 """The operator's caches: kopf indexes of AgentGraphs, the holds their statuses record,
 namespaces' budgets, Nodes, Pods and HardwareProfiles, and copies of them taken on the event
 loop. Index functions keep only what the planner reads: memory stays small at thousands of pods.
+They are coroutines, so kopf runs them on its event loop and not in the handler threads: a burst
+of work in those threads never holds back what the caches see.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def namespaced(namespace: str | None) -> str:
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
-def graphs(namespace: str | None, name: str, status: kopf.Status,
+async def graphs(namespace: str | None, name: str, status: kopf.Status,
            **_: Any) -> dict[tuple[str, str], frozenset[str] | None]:
     """Each graph and the pools its running plan uses (None while it has no plan)."""
     namespace = namespaced(namespace)
@@ -48,7 +50,7 @@ def graphs(namespace: str | None, name: str, status: kopf.Status,
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
-def placed(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
+async def placed(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
            **_: Any) -> dict[tuple[str, str], Readiness]:
     """What a child's status change is checked against without a call to the API server: the
     graph's shown readiness and the Deployments its current plan names (replicas, pool)."""
@@ -63,7 +65,7 @@ def placed(namespace: str | None, name: str, status: kopf.Status, meta: kopf.Met
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED_BY)
-def deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
+async def deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
                 **_: Any) -> dict[tuple[str, str], tuple[str, Any, Any, bool]]:
     """Our Deployments per graph: (name, replicas, pool, rollout complete)."""
     graph = labels.get(LABEL_GRAPH)
@@ -76,7 +78,7 @@ def deployments(namespace: str | None, labels: kopf.Labels, body: kopf.Body,
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
-def arrivals(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
+async def arrivals(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
              **_: Any) -> dict[tuple[str, str], tuple[int, str]]:
     """Each graph's place in the admission order: its priority and creation time."""
     priority = spec.get("priority", 0)
@@ -85,7 +87,7 @@ def arrivals(namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta,
 
 
 @kopf.index(GROUP, VERSION, "agentgraphs")
-def holds(namespace: str | None, name: str, status: kopf.Status,
+async def holds(namespace: str | None, name: str, status: kopf.Status,
           **_: Any) -> dict[tuple[str, str], Hold]:
     """What each graph's status says it holds (written before its children, so a hold whose
     reconcile never finished counts too): the ledger is seeded from these when this operator
@@ -99,7 +101,7 @@ def holds(namespace: str | None, name: str, status: kopf.Status,
 
 
 @kopf.index("", "v1", "namespaces")
-def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, float]:
+async def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, float]:
     """Namespaces with a $/hour budget for their graphs (agentgraph.dev/budget-per-hour)."""
     raw = annotations.get(BUDGET_ANNOTATION)
     if raw is None:
@@ -114,7 +116,7 @@ def budgets(name: str, annotations: kopf.Annotations, **_: Any) -> dict[str, flo
 
 
 @kopf.index("", "v1", "nodes")
-def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
+async def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
           **_: Any) -> dict[str, dict[str, Any]]:
     return {name: {"metadata": {"name": name, "labels": dict(labels)},
                    "spec": {"unschedulable": bool(spec.get("unschedulable"))},
@@ -124,7 +126,7 @@ def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status,
 
 
 @kopf.index("", "v1", "pods")
-def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
+async def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
          status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """Pods that hold resources on a node (bound and not finished), and our step pods that are
     not bound yet (they will take their pool's resources)."""
@@ -143,7 +145,7 @@ def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
 
 
 @kopf.index(GROUP, VERSION, "hardwareprofiles")
-def profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+async def profiles(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}}
 
 
@@ -184,11 +186,3 @@ def keyed(kwargs: Mapping[str, Any], name: str) -> dict[Any, Any]:
 
 
 
-
-async def _copy_one(kwargs: Mapping[str, Any], name: str, key: Any) -> list[Any]:
-    return list(kwargs[name].get(key, ()))
-
-
-def of(kwargs: Mapping[str, Any], name: str, key: Any) -> list[Any]:
-    """The values index ``name`` holds for ``key``."""
-    return _on_loop(_copy_one(kwargs, name, key))

@@ -52,6 +52,7 @@ class Ledger:
         # Graphs an admission sweep passes over (invalid, or fitting nowhere), by the
         # generation it saw: their own reconciles report them.
         self.undecidable: dict[Key, int | None] = {}
+        self.persisted: set[Key] = set()  # whose hold, as it is now, its status records
         self.seeded = False
 
     def seed(self, holds: Iterable[tuple[Key, Hold]]) -> None:
@@ -60,7 +61,9 @@ class Ledger:
             if self.seeded:
                 return
             for key, hold in holds:
-                self.holds.setdefault(key, hold)
+                if key not in self.holds:
+                    self.holds[key] = hold
+                    self.persisted.add(key)
             self.seeded = True
 
     def others(self, key: Key) -> tuple[dict[str, float], dict[str, float]]:
@@ -85,9 +88,11 @@ class Ledger:
                    if k[0] == namespace and k != but)
 
     def admit(self, key: Key, hold: Hold) -> bool:
-        """Record ``key``'s hold; True when it changed."""
+        """Record ``key``'s hold; True when it changed (its status must record it again)."""
         self.waiting.pop(key, None)
         changed = self.holds.get(key) != hold
+        if changed:
+            self.persisted.discard(key)
         self.holds[key] = hold
         return changed
 
@@ -108,6 +113,8 @@ class Ledger:
 
     def release(self, key: Key) -> bool:
         """``key`` is gone: its hold and its place in the queue. True when it held something."""
-        self.waiting.pop(key, None)
-        self.undecidable.pop(key, None)
-        return self.holds.pop(key, None) is not None
+        with self.lock:
+            self.waiting.pop(key, None)
+            self.undecidable.pop(key, None)
+            self.persisted.discard(key)
+            return self.holds.pop(key, None) is not None

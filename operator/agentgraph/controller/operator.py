@@ -15,9 +15,8 @@ import argparse
 import asyncio
 import logging
 import sys
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -29,8 +28,9 @@ from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
 from agentgraph.api.naming import LABEL_GRAPH, MANAGED_BY
-from agentgraph.controller import admission, indexes, metrics, readiness, snapshot
+from agentgraph.controller import indexes, metrics, readiness, snapshot
 from agentgraph.controller import profiles as installed_profiles
+from agentgraph.controller.admitter import Admitter
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
@@ -71,6 +71,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def release(**_: Any) -> None:
     for task in STATE.tasks:
         task.cancel()
+    if STATE.admitter is not None:
+        STATE.admitter.stop()
     if STATE.leader is not None:
         STATE.leader.release()
 
@@ -100,13 +102,10 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         if asked is Level.FULL and not ledger.seeded:
             ledger.seed(indexes.keyed(kwargs, "holds").items())
         key = (namespace, name)
-        if asked is Level.FULL and key not in ledger.holds and key not in ledger.waiting:
-            # A newcomer: decide every newcomer, in order, before this one's children.
-            if admission.sweep(_cluster(), [(k, *v) for k, v in
-                                            indexes.keyed(kwargs, "arrivals").items()], world,
-                               ledger, budgets or {}, settings.solver_time_limit_seconds,
-                               settings.keep_within, settings.replan.move_cost):
-                obj = _cluster().graph(namespace, name) or obj  # with what the sweep wrote
+        if (asked is Level.FULL and key not in ledger.holds and key not in ledger.waiting
+                and STATE.admitter is not None
+                and STATE.admitter.sweep(kwargs)):  # a newcomer: the others ahead of it first
+            obj = _cluster().graph(namespace, name) or obj  # with what the sweep wrote
         before = ledger.holds.get(key)
         outcome = reconcile(_cluster(), obj, world, asked,
                             time_limit=settings.solver_time_limit_seconds,
@@ -238,34 +237,63 @@ def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "agentgraphs")
-def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
-                   **kwargs: Any) -> None:
+async def on_arrival(event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body,
+                     **kwargs: Any) -> None:
+    """On the event loop, at once: a graph that neither holds nor waits wakes the admitter,
+    which decides it (and every other newcomer, in order) without waiting for a handler
+    thread. Registered before the sync handlers of the same event, which kopf runs first
+    otherwise (and they wait for a free thread)."""
+    key = (indexes.namespaced(namespace), name)
+    ledger = STATE.ledger
+    if (STATE.started and STATE.admitter is not None and event.get("type") != "DELETED"
+            and key not in ledger.holds and key not in ledger.waiting
+            and key not in ledger.undecidable):
+        STATE.admitter.wake(kwargs, key, body)
+
+
+@kopf.on.event(GROUP, VERSION, "agentgraphs")
+async def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
+                         **kwargs: Any) -> None:
     """A deleted graph's children go by garbage collection; its metrics and its hold go here,
     and the graphs waiting for room try again. A status written while a child changed may
     have crossed that child's event: when the caches now say Ready should flip, check."""
     key = (indexes.namespaced(namespace), name)
     if event.get("type") == "DELETED":
-        metrics.forget_graph(*key)
-        if STATE.ledger.release(key) and STATE.started:
-            threading.Thread(target=_retry_waiting, args=(kwargs,), daemon=True).start()
+        _dispatch(_gone, key, kwargs)
         return
-    shown = indexes.of(kwargs, "placed", key)
+    shown = list(kwargs["placed"].get(key, ()))
     if STATE.started and shown:
-        verdict = readiness.check(shown[0], indexes.of(kwargs, "deployments", key))
+        verdict = readiness.check(shown[0], list(kwargs["deployments"].get(key, ())))
         if verdict is not None and verdict != shown[0].ready:
-            _request(*key, Level.READINESS, kwargs)
+            _dispatch(_request, *key, Level.READINESS, kwargs)
+
+
+def _gone(key: tuple[str, str], kwargs: Mapping[str, Any]) -> None:
+    metrics.forget_graph(*key)
+    if STATE.ledger.release(key) and STATE.started:
+        _retry_waiting(kwargs)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
-def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
+async def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) -> None:
     """A step's Deployment changed (pods became available, or someone edited it). Most such
-    changes leave the graph's Ready as it is: the caches tell, and then nothing is called."""
+    changes leave the graph's Ready as it is: the caches tell, on the event loop, and then
+    nothing is called and no handler thread is taken."""
     graph = labels.get(LABEL_GRAPH)
     if not (STATE.started and graph):
         return
     key = (indexes.namespaced(namespace), graph)
-    if readiness.stale(indexes.of(kwargs, "placed", key), indexes.of(kwargs, "deployments", key)):
-        _request(*key, Level.READINESS, kwargs)
+    if readiness.stale(kwargs["placed"].get(key, ()), kwargs["deployments"].get(key, ())):
+        _dispatch(_request, *key, Level.READINESS, kwargs)
+
+
+def _dispatch(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn`` in a handler thread without waiting for it (from the event loop)."""
+    def done(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("%s failed", fn.__name__, exc_info=future.exception())
+
+    asyncio.get_running_loop().run_in_executor(None, fn, *args).add_done_callback(done)
 
 
 @kopf.on.startup()
@@ -302,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     api = client.ApiClient()
-    STATE.cluster, STATE.config = Cluster(api), settings
+    STATE.cluster, STATE.config, STATE.admitter = Cluster(api), settings, Admitter()
     if settings.prometheus_url:
         STATE.prometheus = Prometheus(settings.prometheus_url)
     if settings.metrics_port:

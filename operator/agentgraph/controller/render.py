@@ -4,10 +4,11 @@ manifests, in the order they are applied.
 Per graph: the runtime ConfigMap (the graph as the gateway executes it), the gateway's
 ServiceAccount, Role and RoleBinding (read its pods and that ConfigMap, nothing else), one
 Deployment per step (per phase for LLM steps; and a Service each with
-``spec.runtime.stepServices``), and the gateway's Deployment and Service. A step pod pins its pool by node labels, tolerates its taints, requests its devices and
-runs a reference worker (``agentgraph worker``) unless the step names its own container. The
-selector names the graph, step and phase but not the pool, so a step that moves pools is rolled
-over in place rather than deleted first. Children carry only our labels: never the parent's
+``spec.runtime.stepServices``), and the gateway's Deployment and Service. A step pod pins its
+pool by node labels, tolerates its taints, requests its devices and runs a reference worker
+(``agentgraph worker``) unless the step names its own container. The selector names the
+graph, step and phase but not the pool, so a step that moves pools is rolled over in place
+rather than deleted first. Children carry only our labels: never the parent's
 ``app.kubernetes.io/instance`` or ``argocd.argoproj.io/*`` (Argo CD would adopt and prune them).
 """
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import OperatorConfig
 from agentgraph.controller.leader import Leader
 from agentgraph.controller.ledger import Ledger
 from agentgraph.controller.prometheus import Prometheus
+
+if TYPE_CHECKING:  # it reads STATE
+    from agentgraph.controller.admitter import Admitter
 
 
 @dataclass
@@ -28,6 +31,7 @@ class State:
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
     started: bool = False
     ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
+    admitter: Admitter | None = None  # decides newcomers; set up by main()
 
 
 STATE = State()
