@@ -82,9 +82,11 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
 
 def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Planning,
            ledger: Ledger, budgets: Mapping[str, float], time_limit: float,
-           keep_within: float, move_cost: float) -> Decision:
+           keep_within: float, move_cost: float, free: snapshot.Free | None = None
+           ) -> Decision:
     """Plan against the pools minus what the other admitted graphs hold, under the ledger's
-    lock, and record the hold in the ledger (no call to the API server).
+    lock, and record the hold in the ledger (no call to the API server). ``free``: what
+    ``snapshot.admission_free`` gives for a graph with no pods (a sweep's newcomers).
 
     A waiting graph whose inputs are all as they were at its last try (its spec and measured
     rate, the room left to it, its namespace's budget and spend) is not planned again: the
@@ -95,10 +97,11 @@ def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Plann
     budget = budgets.get(key[0])
     created = str(meta.get("creationTimestamp") or "")
     with ledger.lock:
-        held_units, held_pods = ledger.others(key)
-        room = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, key,
-                                           ledger.holders(), held_units, held_pods)
-        block = snapshot.largest_free(world.profiles, world.nodes, world.pods, key)
+        if free is None or key in ledger.holds:  # its own pods may be running
+            free = snapshot.admission_free(world.profiles, world.nodes, world.pods, key,
+                                           ledger.holders())
+        room = snapshot.admission_capacity(free, *ledger.others(key))
+        block = free[2]
         mine = ledger.holds.get(key)
         signature = (meta.get("generation"), measured.rate,
                      tuple(sorted(measured.corrections.items())), budget,
@@ -161,6 +164,9 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
     lock is released, ``writers`` at a time. Returns how many were decided."""
     writes: list[tuple[Key, dict[str, Any], bool]] = []  # (key, status, admitted)
     with ledger.lock:
+        # Newcomers have no pods yet: what the nodes leave them is one figure for them all.
+        free = snapshot.admission_free(world.profiles, world.nodes, world.pods, ("", ""),
+                                       ledger.holders())
         for key, _, _ in sorted(arrivals, key=lambda a: (-a[1], a[2], a[0])):
             if key in ledger.holds or key in ledger.waiting or key in ledger.undecidable:
                 continue
@@ -172,7 +178,7 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
             try:
                 decision = decide(graph, obj, world,
                                   replanning.planning(graph, obj.get("status")), ledger,
-                                  budgets, time_limit, keep_within, move_cost)
+                                  budgets, time_limit, keep_within, move_cost, free)
             except PlanningError:
                 ledger.undecidable[key] = generation
                 continue

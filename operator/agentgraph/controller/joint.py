@@ -74,8 +74,8 @@ def report(graphs: Sequence[Obj], world: World, time_limit: float = 60.0) -> joi
             placed={s.step + (f"/{s.phase}" if s.phase else ""):
                     f"{s.pool} TP{s.tensor_parallel} x{s.replicas}" for s in st.plan.steps}))
     skip = frozenset(holders)
-    units, pods = snapshot.admission_capacity(world.profiles, world.nodes, world.pods, ("", ""),
-                                              skip, fixed_units, fixed_pods)
+    free = snapshot.admission_free(world.profiles, world.nodes, world.pods, ("", ""), skip)
+    units, pods = snapshot.admission_capacity(free, fixed_units, fixed_pods)
     block = snapshot.largest_free(world.profiles, world.nodes, world.pods, ("", ""), skip)
     out = joint.plan_jointly(members, world.profiles, capacity_units=units, capacity_pods=pods,
                              capacity_block=block, time_limit=time_limit)

@@ -142,6 +142,10 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
             if e.status == 403 and "NamespaceTerminating" in str(e.body):
                 log.info("%s/%s: namespace is being deleted; nothing to do", namespace, name)
                 return
+            if e.status == 404 and cluster.graph(namespace, name) is None:
+                log.info("%s/%s: deleted while being reconciled; nothing to do", namespace,
+                         name)
+                return
             metrics.RECONCILES.labels(asked.name, "error").inc()
             raise
 

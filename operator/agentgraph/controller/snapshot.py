@@ -143,21 +143,34 @@ def free_pods(
     return _free(profiles, nodes, pods, graph_key, lambda _: "pods", placed=placed)
 
 
-def admission_capacity(
+Free = tuple[dict[str, float], dict[str, float], dict[str, float]]  # units, pods, block
+
+
+def admission_free(
     profiles: Iterable[HardwareProfile],
     nodes: Iterable[Obj],
     pods: Iterable[Obj],
     graph_key: tuple[str, str],
     holders: frozenset[tuple[str, str]],
+) -> Free:
+    """Per pool, before the ledger's holds: the units and pod slots the Ready, schedulable
+    nodes have minus what workloads outside the ledger request there (pods of other kinds, and
+    of graphs that hold nothing), and the most units free on one node. The same for every
+    graph without pods of its own (newcomers): an admission sweep computes it once."""
+    profiles, nodes, pods = list(profiles), list(nodes), list(pods)
+    return (_free(profiles, nodes, pods, graph_key, _unit_resource, skip=holders),
+            _free(profiles, nodes, pods, graph_key, lambda _: "pods", skip=holders),
+            largest_free(profiles, nodes, pods, graph_key))
+
+
+def admission_capacity(
+    free: Free,
     held_units: Mapping[str, float],
     held_pods: Mapping[str, float],
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Units and pod slots per pool a graph may plan into under admission: what the Ready,
-    schedulable nodes have, minus what workloads outside the ledger request there (pods of
-    other kinds, and of graphs that hold nothing), minus what the other admitted graphs hold
-    (``held_*``: the ledger; their own pods are not counted again)."""
-    profiles, nodes, pods = list(profiles), list(nodes), list(pods)
-    units = _free(profiles, nodes, pods, graph_key, _unit_resource, skip=holders)
-    slots = _free(profiles, nodes, pods, graph_key, lambda _: "pods", skip=holders)
+    """Units and pod slots per pool a graph may plan into under admission: ``free``
+    (``admission_free``) minus what the other admitted graphs hold (``held_*``: the ledger;
+    their own pods are not counted again)."""
+    units, slots, _ = free
     return ({p: max(0.0, u - held_units.get(p, 0.0)) for p, u in units.items()},
             {p: max(0.0, n - held_pods.get(p, 0.0)) for p, n in slots.items()})
