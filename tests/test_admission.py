@@ -153,3 +153,60 @@ def test_a_waiting_graph_is_not_planned_again_until_something_it_depends_on_chan
     admitted = rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger)  # type: ignore[arg-type]
     assert len(solves) > tried and not admitted.waiting
     assert cond(admitted.status, "Admitted")["status"] == "True"
+
+
+class ManyGraphs:
+    """The API calls a sweep makes, for several graphs: reads and status writes."""
+
+    def __init__(self, *objs: Any) -> None:
+        self.objs = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs}
+        self.reads: list[str] = []
+
+    def graph(self, namespace: str, name: str) -> Any:
+        self.reads.append(name)
+        return self.objs.get((namespace, name))
+
+    def patch_status(self, namespace: str, name: str, new: Any) -> None:
+        self.objs[(namespace, name)]["status"] = new
+
+
+def test_a_sweep_decides_newcomers_by_priority_then_age_and_records_each_decision() -> None:
+    """Three newcomers of 12 cores on a 16-core pool, listed out of order: the vip (highest
+    priority) is admitted, the other two queue in age order; none is admitted twice."""
+    old, new, vip = (graph_obj("old", "2026-12-01T00:00:00Z"),
+                     graph_obj("new", "2026-12-01T00:00:05Z"),
+                     graph_obj("vip", "2026-12-01T00:00:09Z"))
+    vip["spec"]["priority"] = 5
+    api = ManyGraphs(old, new, vip)
+    ledger = Ledger()
+    arrivals = [(("ns", "new"), 0, "2026-12-01T00:00:05Z"), (("ns", "vip"), 5,
+                "2026-12-01T00:00:09Z"), (("ns", "old"), 0, "2026-12-01T00:00:00Z")]
+    bodies = {("ns", "old"): old}  # as its event brought it: not read again
+    done = admission.sweep(api, arrivals, bodies, WORLD, ledger, {}, 30, 0.1, 0.0)  # type: ignore[arg-type]
+    assert done == 3 and "old" not in api.reads
+    assert list(ledger.holds) == [("ns", "vip")] and ("ns", "vip") in ledger.persisted
+    assert ledger.queue() == [("ns", "old"), ("ns", "new")]
+    shown = {k[1]: cond(o["status"], "Admitted") for k, o in api.objs.items()}
+    assert shown["vip"]["status"] == "True" and "holds p" in shown["vip"]["message"]
+    assert shown["old"]["reason"] == shown["new"]["reason"] == "InsufficientCapacity"
+    assert "queue position 1 of 1" in shown["old"]["message"]  # as it stood when written
+    assert "queue position 2 of 2" in shown["new"]["message"]
+    assert admission.sweep(api, arrivals, {}, WORLD, ledger, {}, 30, 0.1, 0.0) == 0  # type: ignore[arg-type]
+
+
+def test_an_admission_is_written_again_when_the_first_write_was_lost() -> None:
+    """The hold is in the ledger but its status write failed: the graph's own reconcile writes
+    it before any child is created."""
+    ledger = Ledger()
+    cluster = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    obj = cluster.graph("ns", "a")
+    graph, _ = rc.parse_graph(obj)
+    assert graph is not None
+    from agentgraph.controller import replanning
+    decision = admission.decide(graph, obj, WORLD, replanning.planning(graph, {}), ledger, {},
+                                30, 0.1, 0.0)
+    assert decision.status is not None and ("ns", "a") in ledger.holds
+    assert ("ns", "a") not in ledger.persisted  # nothing written yet
+    out = rc.reconcile(cluster, obj, WORLD, ledger=ledger)  # type: ignore[arg-type]
+    assert cluster.writes[0] == "status" and out.feasible  # the hold first, then children
+    assert ("ns", "a") in ledger.persisted

@@ -153,3 +153,25 @@ def test_other_graphs_pods_not_yet_bound_take_from_their_pool() -> None:
     # ...except in the pools the graph already runs on: there only bound pods count.
     assert snapshot.free_capacity([gpu], nodes, [waiting], ("ns", "g"),
                                   frozenset({"gpu"})) == {"gpu": 8.0}
+
+
+def test_readiness_from_the_caches_says_when_a_reconcile_must_look() -> None:
+    from agentgraph.controller.readiness import Readiness, check, stale
+    shown = Readiness(current=True, ready=False, steps=frozenset({("g-a", 2, "p")}))
+    assert check(shown, [("g-a", 2, "p", True), ("g-gateway", 1, "cpu", True)]) is True
+    assert check(shown, [("g-a", 2, "p", False), ("g-gateway", 1, "cpu", True)]) is False
+    assert check(shown, [("g-a", 3, "p", True)]) is None  # someone scaled it: drift
+    assert check(shown, [("g-gateway", 1, "cpu", True)]) is None  # a Deployment missing
+    assert check(Readiness(False, False, frozenset()), []) is None  # no plan for this spec
+    assert stale([shown], [("g-a", 2, "p", True)])  # Ready should flip
+    assert not stale([shown], [("g-a", 2, "p", False)])  # as shown: nothing to call
+    assert stale([], [])  # not in the cache yet
+
+
+def test_queued_requests_for_one_key_merge_at_the_highest_level() -> None:
+    from agentgraph.controller.work import Coalescer, Level
+    work = Coalescer()
+    assert work.queue("g", Level.READINESS)
+    assert not work.queue("g", Level.FULL) and not work.queue("g", Level.READINESS)
+    assert work.dequeue("g") is Level.FULL
+    assert work.queue("g", Level.READINESS)  # a new burst after it started

@@ -210,7 +210,7 @@ def _pools_of(labels: Mapping[str, str], known: list[HardwareProfile]) -> set[st
 
 
 @kopf.on.event("", "v1", "nodes")
-def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+async def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     """A node joining, leaving or changing in a pool replans the graphs on that pool (and those
     without a plan, which it may now fit). Heartbeats (nothing we read changed) do nothing."""
     name = body.get("metadata", {}).get("name")
@@ -220,24 +220,26 @@ def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     if before == mark:
         return
     seen[name] = mark
-    if not STATE.started:
-        return  # the initial listing: each graph is reconciled on resume anyway
-    known, _ = installed_profiles.validated(indexes.read(kwargs, "profiles")[0])
+    if not STATE.started or event.get("type") is None:
+        return  # the initial listing (type None): each graph is reconciled on resume anyway
+    known, _ = installed_profiles.validated([v for s in kwargs["profiles"].values() for v in s])
     labels = dict(body.get("metadata", {}).get("labels", {}))
     pools = _pools_of(labels, known) | (_pools_of(dict(before[0]), known) if before else set())
     for (namespace, graph), store in list(kwargs["graphs"].items()):
         used = next(iter(store), None)
         if used is None or used & pools:
-            _request(namespace, graph, Level.FULL, kwargs)
+            _submit(namespace, graph, Level.FULL, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "hardwareprofiles")
-def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
-    """A profile changed: prices, speeds or pools may all differ, so every graph replans."""
-    if not STATE.started:
+async def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
+    """A profile changed: prices, speeds or pools may all differ, so every graph replans. Not
+    for the initial listing (type None): every graph is reconciled on resume anyway, and
+    eleven profiles would otherwise mean eleven FULL reconciles of every graph at start-up."""
+    if not STATE.started or event.get("type") is None:
         return
     for namespace, graph in list(kwargs["graphs"]):
-        _request(namespace, graph, Level.FULL, kwargs)
+        _submit(namespace, graph, Level.FULL, kwargs)
 
 
 @kopf.on.event(GROUP, VERSION, "agentgraphs")
@@ -269,7 +271,7 @@ async def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
     if STATE.started and shown:
         verdict = readiness.check(shown[0], list(kwargs["deployments"].get(key, ())))
         if verdict is not None and verdict != shown[0].ready:
-            _dispatch(_request, *key, Level.READINESS, kwargs)
+            _submit(*key, Level.READINESS, kwargs)
 
 
 def _gone(key: tuple[str, str], kwargs: Mapping[str, Any]) -> None:
@@ -288,7 +290,19 @@ async def on_child(namespace: str | None, labels: kopf.Labels, **kwargs: Any) ->
         return
     key = (indexes.namespaced(namespace), graph)
     if readiness.stale(kwargs["placed"].get(key, ()), kwargs["deployments"].get(key, ())):
-        _dispatch(_request, *key, Level.READINESS, kwargs)
+        _submit(*key, Level.READINESS, kwargs)
+
+
+def _submit(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any]) -> None:
+    """From the event loop: reconcile in a handler thread, without waiting; requests for a
+    graph already queued merge into that one."""
+    key = (namespace, name)
+
+    def reconcile_queued() -> None:
+        _request(namespace, name, _work.dequeue(key), kwargs)
+
+    if _work.queue(key, level):
+        _dispatch(reconcile_queued)
 
 
 def _dispatch(fn: Callable[..., None], *args: Any) -> None:

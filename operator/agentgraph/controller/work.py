@@ -25,6 +25,23 @@ class Coalescer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[Hashable, Level | None] = {}  # running keys -> level asked since
+        self._queued: dict[Hashable, Level] = {}  # keys handed to a thread, not started yet
+
+    def queue(self, key: Hashable, level: Level) -> bool:
+        """Note a request about to be handed to a thread; False when one for ``key`` is queued
+        already (that one will run at the higher of the two levels): a burst of N triggers
+        before a thread is free costs one run, not N."""
+        with self._lock:
+            if key in self._queued:
+                self._queued[key] = max(self._queued[key], level)
+                return False
+            self._queued[key] = level
+            return True
+
+    def dequeue(self, key: Hashable) -> Level:
+        """The level a queued request runs at, as its thread starts it."""
+        with self._lock:
+            return self._queued.pop(key)
 
     def run(self, key: Hashable, level: Level, work: Callable[[Level], None]) -> bool:
         """Run ``work(level)`` now, or, when ``key`` is already running in another thread, leave
