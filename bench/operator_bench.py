@@ -178,9 +178,9 @@ def many_graphs(count: int, operator: subprocess.Popen[bytes]) -> dict[str, Any]
     all_decided = None
     while True:
         seen = conditions(namespace)
-        # decided: admitted with a plan, or told to wait (Admitted=False) with a reason
-        decided = sum(c.get("Planned") == "True" or c.get("Admitted") == "False"
-                      for c in seen.values())
+        # decided: admitted (its hold recorded, Admitted=True: its children come next) or told
+        # to wait (Admitted=False) with a reason
+        decided = sum(c.get("Admitted") in ("True", "False") for c in seen.values())
         if all_decided is None and decided == count:
             all_decided = time.monotonic() - t0
         settled = sum(c.get("Ready") == "True" or c.get("Admitted") == "False"
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             kubectl("apply", "--server-side", "--field-manager=bench", "-f", str(ROOT / folder))
         kubectl("wait", "--for=condition=Established", "crd/agentgraphs.agentgraph.dev",
                 "--timeout=30s")
+        for namespace in ("bench-one", "bench-many"):  # an earlier run's, still going away
+            kubectl("delete", "namespace", namespace, "--ignore-not-found", "--timeout=180s")
         operator = start_operator(out.with_suffix(".operator.log"))
         one = one_graph(args.runs)
         many = many_graphs(args.graphs, operator)

@@ -42,6 +42,7 @@ from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
 _work = Coalescer()
+CONNECTIONS = 32  # handler threads (kopf's and ours), the admitter and its status writers
 
 
 def _cluster() -> Cluster:
@@ -347,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    api = client.ApiClient()
+    conf = client.Configuration.get_default_copy()
+    conf.connection_pool_maxsize = CONNECTIONS  # one per thread that calls the API at once
+    api = client.ApiClient(conf)
     STATE.cluster, STATE.config, STATE.admitter = Cluster(api), settings, Admitter()
     if settings.prometheus_url:
         STATE.prometheus = Prometheus(settings.prometheus_url)

@@ -17,9 +17,13 @@ from agentgraph.api.plan import Plan
 from agentgraph.controller import replanning, snapshot, status
 from agentgraph.costs.base import CostSettings
 from agentgraph.planner import solve
+from agentgraph.planner.memo import Memo
 from agentgraph.planner.snapshot import ClusterSnapshot
 
 Obj = Mapping[str, Any]
+# Solves the operator made, for the next time it asks the same: resyncs, replanner passes and
+# admission retries mostly do (planner/memo.py).
+PLANS: Memo[solve.Solved] = Memo(256)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ def plan_for(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Pla
         shot = shot.without_capacity()
     return solve.plan(sized(graph, measured.rate), world.profiles, settings, snapshot=shot,
                       time_limit=time_limit, keep_within=keep_within, current=current,
-                      move_cost=move_cost, diagnose_infeasible=diagnose_infeasible)
+                      move_cost=move_cost, diagnose_infeasible=diagnose_infeasible,
+                      memo=PLANS)
 
 
 def sized(graph: AgentGraph, rate: float | None) -> AgentGraph:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
@@ -16,6 +16,7 @@ from agentgraph.planner.candidates import Option, StepOptions
 from agentgraph.planner.errors import Issue, PlanningError
 from agentgraph.planner.evaluate import REL_TOL, Evaluation, Selection, evaluate
 from agentgraph.planner.graph import GraphModel
+from agentgraph.planner.memo import Memo
 from agentgraph.planner.snapshot import ClusterSnapshot
 
 PHASE_ORDER = {"run": 0, "prefill": 1, "decode": 2}
@@ -39,6 +40,7 @@ def plan(
     snapshot: ClusterSnapshot | None = None,
     move_cost: float = 0.0,
     diagnose_infeasible: bool = True,
+    memo: Memo[Solved] | None = None,
 ) -> Plan:
     """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
     it is valid but nothing meets it on this hardware.
@@ -53,7 +55,8 @@ def plan(
     tensor parallelism is priced ``move_cost`` higher in the solve (not in the plan), so a
     replan moves only the steps for which moving pays; scaling in place costs nothing extra.
     ``diagnose_infeasible=False``: when nothing fits, skip finding out why (a second solve
-    without the capacities); the reasons then only say that nothing fits."""
+    without the capacities); the reasons then only say that nothing fits. ``memo``: keep and
+    reuse candidates and solver answers for inputs seen before (planner/memo.py)."""
     settings = settings or CostSettings()
     model = graph_model.build(graph)
     if snapshot is None:
@@ -64,16 +67,23 @@ def plan(
     candidates.check_pools(model, snapshot)
     sla = model.sla.latency_seconds
     penalty = move_cost if current else 0.0
-    shortcut = _uncapped_first(model, snapshot, settings, time_limit, current, penalty)
+    def solved(shot: ClusterSnapshot) -> Solved:
+        if memo is None:
+            return _solve(model, shot, settings, time_limit, current, penalty)
+        key = (graph.spec.model_dump_json(), shot.pools, tuple(sorted(shot.corrections.items())),
+               settings, time_limit, tuple(sorted(_running(current).items())), penalty)
+        return memo.get(key, lambda: _solve(model, shot, settings, time_limit, current,
+                                            penalty))
+
+    shortcut = _uncapped_first(model, snapshot, current, solved)
     if shortcut is not None:
         options, result = shortcut
     else:
-        options = candidates.build(model, snapshot, settings, running=_running(current),
-                                   move_cost=penalty)
-        empty = diagnose.empty_slots(model, options)
-        if empty:
-            return Plan(feasible=False, sla_seconds=sla, reasons=empty)
-        result = milp.solve(model, options, snapshot, time_limit)
+        options, found = solved(snapshot)
+        if found is None:
+            return Plan(feasible=False, sla_seconds=sla,
+                        reasons=diagnose.empty_slots(model, options))
+        result = found
     if result.selection is None and result.status != "infeasible":
         return Plan(feasible=False, sla_seconds=sla, solver_status=result.status,
                     solve_seconds=result.seconds,
@@ -115,13 +125,23 @@ def plan(
     return out
 
 
+Solved = tuple[dict[str, StepOptions], milp.MilpResult | None]  # None: a slot has no option
+
+
+def _solve(model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings,
+           time_limit: float, current: Placement | None, penalty: float) -> Solved:
+    options = candidates.build(model, snapshot, settings, running=_running(current),
+                               move_cost=penalty)
+    if diagnose.empty_slots(model, options):
+        return options, None
+    return options, milp.solve(model, options, snapshot, time_limit)
+
+
 def _uncapped_first(
     model: GraphModel,
     snapshot: ClusterSnapshot,
-    settings: CostSettings,
-    time_limit: float,
     current: Placement | None,
-    penalty: float = 0.0,
+    solved: Callable[[ClusterSnapshot], Solved],
 ) -> tuple[dict[str, StepOptions], milp.MilpResult] | None:
     """Exact shortcut for a cluster with room: solve without capacity limits (no units axis in
     the pruning, so far fewer candidates). When that optimum also fits the capacities it is
@@ -131,13 +151,8 @@ def _uncapped_first(
     that keeping it can still be weighed."""
     if not snapshot.capacities():
         return None
-    loose = snapshot.without_capacity()
-    options = candidates.build(model, loose, settings, running=_running(current),
-                               move_cost=penalty)
-    if diagnose.empty_slots(model, options):
-        return None
-    result = milp.solve(model, options, loose, time_limit)
-    if result.selection is None or result.status != "optimal":
+    options, result = solved(snapshot.without_capacity())
+    if result is None or result.selection is None or result.status != "optimal":
         return None
     if not evaluate(model, options, result.selection, snapshot).feasible:
         return None
