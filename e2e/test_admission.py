@@ -143,6 +143,8 @@ def test_the_joint_report_plans_the_admitted_graphs_together(
         st = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)["status"]
         assert abs(mine[f"{namespace}/{name}"]["firstComePerHour"]
                    - st["admission"]["costPerHour"]) < 1e-6
-    # Pinned to one pool, each alone: the joint plan cannot beat what they hold.
-    assert report["jointPerHour"] <= report["firstComePerHour"] + 1e-6
-    assert all(abs(g["jointPerHour"] - g["firstComePerHour"]) < 1e-6 for g in mine.values())
+    # Pinned to one pool, each alone: the joint plan cannot beat what they hold (the status
+    # rounds a hold's $/hour to 4 decimals).
+    tolerance = 1e-4 * (1 + len(report["graphs"]))
+    assert report["jointPerHour"] <= report["firstComePerHour"] + tolerance
+    assert all(abs(g["jointPerHour"] - g["firstComePerHour"]) < 2e-4 for g in mine.values())

@@ -113,6 +113,8 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
                             keep_within=settings.keep_within, runtime=settings.runtime,
                             move_cost=settings.replan.move_cost, ledger=ledger,
                             budgets=budgets)
+        if asked is Level.FULL:
+            STATE.last_full[key] = time.monotonic()
         after = ledger.holds.get((namespace, name))
         if before is not None and ledger.waiting and (after is None or any(
                 after.units.get(p, 0.0) < u - 1e-9 for p, u in before.units.items())):
@@ -184,13 +186,18 @@ async def _every(interval: float, level: Level) -> None:
     (FULL: drift, readiness and capacity re-read, a level-based safety net) and the replanner
     (MEASURE). Not kopf timers: kopf puts a finalizer on every object that has one, and a
     finalizer on the user's AgentGraph would make its deletion wait for the operator (and show
-    up in Argo CD's diff)."""
+    up in Argo CD's diff). The resync passes over a graph that had a FULL reconcile within the
+    interval (a burst of new graphs, or a profile change, just had one each): every graph still
+    gets one at least every two intervals."""
     while True:
         await asyncio.sleep(interval)
         indexes = STATE.indexes
         if indexes is None:
             continue  # no handler has run yet: kopf is still listing
         for namespace, name in list(indexes["graphs"]):
+            last = STATE.last_full.get((namespace, name))
+            if level is Level.FULL and last is not None and time.monotonic() - last < interval:
+                continue
             try:
                 await asyncio.to_thread(_request, namespace, name, level, indexes)
             except Exception:  # one graph's failure must not stop the others'
@@ -277,6 +284,7 @@ async def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
 
 def _gone(key: tuple[str, str], kwargs: Mapping[str, Any]) -> None:
     metrics.forget_graph(*key)
+    STATE.last_full.pop(key, None)
     if STATE.ledger.release(key) and STATE.started:
         _retry_waiting(kwargs)
 

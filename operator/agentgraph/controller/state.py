@@ -29,6 +29,7 @@ class State:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
+    last_full: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic seconds
     started: bool = False
     ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
     admitter: Admitter | None = None  # decides newcomers; set up by main()
