@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -42,7 +43,11 @@ from agentgraph.controller.work import Coalescer, Level
 
 log = logging.getLogger("agentgraph.operator")
 _work = Coalescer()
-CONNECTIONS = 32  # handler threads (kopf's and ours), the admitter and its status writers
+# Threads for sync handlers (kopf's pool) and for the work the coroutine handlers hand off (the
+# loop's default pool). A reconcile mostly waits on the API server: with 16, a burst of 200
+# new graphs had its children created in 32 s instead of 71 s with Python's default of 6.
+HANDLER_THREADS = 16
+CONNECTIONS = 2 * HANDLER_THREADS + 8  # both pools, the admitter and its status writers
 
 
 def _cluster() -> Cluster:
@@ -62,7 +67,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # one leader by Lease instead of kopf's peering CRDs
     settings.posting.enabled = False  # our own events, with stable reasons
     settings.watching.server_timeout = 300
+    settings.execution.max_workers = HANDLER_THREADS
     STATE.loop = asyncio.get_running_loop()
+    STATE.loop.set_default_executor(ThreadPoolExecutor(HANDLER_THREADS,
+                                                       thread_name_prefix="agentgraph"))
     STATE.tasks.append(asyncio.create_task(_every(STATE.config.resync_seconds, Level.FULL)))
     STATE.tasks.append(asyncio.create_task(_every(STATE.config.replan.interval_seconds,
                                                    Level.MEASURE)))
