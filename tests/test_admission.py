@@ -166,7 +166,8 @@ class ManyGraphs:
         self.reads.append(name)
         return self.objs.get((namespace, name))
 
-    def patch_status(self, namespace: str, name: str, new: Any) -> None:
+    def patch_status(self, namespace: str, name: str, new: Any,
+                     resource_version: str | None = None) -> None:
         self.objs[(namespace, name)]["status"] = new
 
 
@@ -210,3 +211,17 @@ def test_an_admission_is_written_again_when_the_first_write_was_lost() -> None:
     out = rc.reconcile(cluster, obj, WORLD, ledger=ledger)  # type: ignore[arg-type]
     assert cluster.writes[0] == "status" and out.feasible  # the hold first, then children
     assert ("ns", "a") in ledger.persisted
+
+
+def test_a_waiting_graph_is_planned_again_when_a_profile_changes(monkeypatch: Any) -> None:
+    ledger = Ledger()
+    first = FakeCluster(graph_obj("a", "2026-12-01T00:00:00Z"))
+    rc.reconcile(first, first.graph("ns", "a"), WORLD, ledger=ledger)  # type: ignore[arg-type]
+    second = FakeCluster(graph_obj("b", "2026-12-01T00:00:01Z"))
+    assert rc.reconcile(second, second.graph("ns", "b"), WORLD, ledger=ledger).waiting  # type: ignore[arg-type]
+    solves = []
+    real = admission.plan_for
+    monkeypatch.setattr(admission, "plan_for", lambda *a, **k: solves.append(1) or real(*a, **k))
+    cheaper = rc.World(profiles=[make_pool("p", cpu=True, cores=16, price=0.5)], nodes=[NODE])
+    out = rc.reconcile(second, second.graph("ns", "b"), cheaper, ledger=ledger)  # type: ignore[arg-type]
+    assert solves and out.waiting  # asked again (still no room), not answered from memory

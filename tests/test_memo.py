@@ -35,3 +35,11 @@ def test_a_memo_keeps_at_most_its_size() -> None:
     for key in range(5):
         assert memo.get(key, lambda k=key: k * 10) == key * 10  # type: ignore[misc]
     assert len(memo) == 2 and memo.get(4, lambda: -1) == 40 and memo.get(0, lambda: -1) == -1
+
+
+def test_a_memo_does_not_keep_what_it_is_told_not_to() -> None:
+    memo: Memo[int] = Memo(4)
+    made: list[int] = []
+    for _ in range(2):
+        memo.get("k", lambda: made.append(1) or 7, keep=lambda v: False)  # type: ignore[func-returns-value]
+    assert len(made) == 2 and len(memo) == 0

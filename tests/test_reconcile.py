@@ -67,7 +67,8 @@ class FakeCluster:
         self.objects.pop((kind, name), None)
         self.writes.append(f"delete {kind}/{name}")
 
-    def patch_status(self, namespace: str, name: str, new: Obj) -> None:
+    def patch_status(self, namespace: str, name: str, new: Obj,
+                     resource_version: str | None = None) -> None:
         self.graph_obj["status"] = copy.deepcopy(new)
         self.writes.append("status")
 

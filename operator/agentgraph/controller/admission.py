@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+from kubernetes import client
+
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.plan import Plan
@@ -106,7 +108,7 @@ def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Plann
         signature = (meta.get("generation"), measured.rate,
                      tuple(sorted(measured.corrections.items())), budget,
                      round(ledger.spend(key[0], but=key), 9), _rounded(room[0]),
-                     _rounded(room[1]), _rounded(block), mine)
+                     _rounded(room[1]), _rounded(block), mine, _versions(world))
         before = ledger.waiting.get(key)
         if before is not None and before.signature == signature and before.plan is not None:
             position = ledger.position(key)
@@ -142,7 +144,7 @@ def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Plann
             return Decision(plan, admission_of(mine, ledger, key, budget, position, why.cost),
                             (why.reason, _message(why, position, len(ledger.waiting))), None)
         changed = ledger.admit(key, hold)
-    admission = admission_of(hold, ledger, key, budget)
+        admission = admission_of(hold, ledger, key, budget)
     if not changed and key in ledger.persisted:
         return Decision(plan, admission, None, None)
     return Decision(plan, admission, None, status.with_admission(
@@ -162,19 +164,24 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
     one per free handler thread behind the others' child creation. ``bodies``: the graphs as
     their watch events brought them (others are read). The statuses are written after the
     lock is released, ``writers`` at a time. Returns how many were decided."""
-    writes: list[tuple[Key, dict[str, Any], bool]] = []  # (key, status, admitted)
+    # (key, status, the hold it records or None when it waits, the body's resourceVersion)
+    writes: list[tuple[Key, dict[str, Any], Hold | None, str | None]] = []
     with ledger.lock:
         # Newcomers have no pods yet: what the nodes leave them is one figure for them all.
         free = snapshot.admission_free(world.profiles, world.nodes, world.pods, ("", ""),
                                        ledger.holders())
         for key, _, _ in sorted(arrivals, key=lambda a: (-a[1], a[2], a[0])):
-            if key in ledger.holds or key in ledger.waiting or key in ledger.undecidable:
+            if key in ledger.holds or key in ledger.waiting:
                 continue
             obj = bodies.get(key) or cluster.graph(*key)
             graph = None if obj is None else parse_graph(obj)[0]
+            generation = None if obj is None else obj["metadata"].get("generation")
+            if key in ledger.undecidable and ledger.undecidable[key] == generation:
+                continue
             if obj is None or graph is None:
-                continue  # gone, or invalid: its own reconcile says why
-            generation = obj["metadata"].get("generation")
+                ledger.undecidable[key] = generation  # gone, or invalid: its reconcile says why
+                continue
+            version = obj["metadata"].get("resourceVersion")
             try:
                 decision = decide(graph, obj, world,
                                   replanning.planning(graph, obj.get("status")), ledger,
@@ -185,27 +192,43 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
             if decision.waiting is not None:
                 writes.append((key, status.with_admission(
                     obj.get("status") or {}, decision.admission, generation,
-                    waiting=decision.waiting), False))
+                    waiting=decision.waiting), None, version))
             elif decision.status is not None:
-                writes.append((key, decision.status, True))
+                writes.append((key, decision.status, ledger.holds[key], version))
             elif key not in ledger.holds:
                 ledger.undecidable[key] = generation  # fits nowhere: Infeasible, not queued
 
-    def write(item: tuple[Key, dict[str, Any], bool]) -> None:
-        key, new, admitted = item
+    def write(item: tuple[Key, dict[str, Any], Hold | None, str | None]) -> None:
+        """Only onto the object it was decided from (resourceVersion): a status its own
+        reconcile wrote meanwhile is newer, and that reconcile records the hold itself."""
+        key, new, hold, version = item
+        with ledger.lock:  # decided again meanwhile (or released): nothing to write
+            if hold is not None and ledger.holds.get(key) != hold:
+                return
+            if hold is None and (key in ledger.holds or key not in ledger.waiting):
+                return
         try:
-            cluster.patch_status(key[0], key[1], new)
-        except Exception:  # gone meanwhile, or the API refused: its reconcile writes it
-            log.warning("%s/%s: could not record its admission", *key, exc_info=True)
+            cluster.patch_status(key[0], key[1], new, resource_version=version)
+        except client.ApiException as e:
+            if e.status == 404:  # deleted before its decision was written
+                ledger.release(key)
+            elif e.status != 409:  # 409: it changed meanwhile; its reconcile writes it
+                log.warning("%s/%s: could not record its admission: %s", *key, e.reason)
             return
-        if admitted:
+        if hold is not None:
             with ledger.lock:
-                if ledger.holds.get(key) is not None:
+                if ledger.holds.get(key) == hold:
                     ledger.persisted.add(key)
 
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="admission") as pool:
         list(pool.map(write, writes))
     return len(writes)
+
+
+def _versions(world: World) -> tuple[tuple[str, str], ...]:
+    """Which profiles a decision saw (prices, speeds: a new version may change it)."""
+    return tuple((p.name, str((p.metadata.model_extra or {}).get("resourceVersion")
+                              or p.spec.model_dump_json())) for p in world.profiles)
 
 
 def _rounded(values: Mapping[str, float]) -> tuple[tuple[str, float], ...]:

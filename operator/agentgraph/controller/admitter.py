@@ -67,14 +67,15 @@ class Admitter:
         if not ledger.seeded:
             ledger.seed(indexes.keyed(kwargs, "holds").items())
         known = indexes.keyed(kwargs, "arrivals")
-        arrivals = [(k, *v) for k, v in known.items()
-                    if k not in ledger.holds and k not in ledger.waiting
-                    and k not in ledger.undecidable]
         # Never wait for the event loop while holding the lock: wake() takes it on the loop.
         with self._lock:
+            for done in [k for k in self._bodies if k not in known or k in ledger.holds
+                         or k in ledger.waiting]:
+                del self._bodies[done]  # deleted, or decided by its own reconcile
+            arrivals = [(k, *v) for k, v in known.items()
+                        if k not in ledger.holds and k not in ledger.waiting
+                        and (k not in ledger.undecidable or k in self._bodies)]
             bodies = {k: self._bodies.pop(k) for k, *_ in arrivals if k in self._bodies}
-            for gone in set(self._bodies) - set(known):
-                del self._bodies[gone]  # deleted before it was decided
         if not arrivals:
             return 0
         settings = STATE.config

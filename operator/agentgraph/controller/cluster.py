@@ -98,10 +98,14 @@ class Cluster:
             if e.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any],
+                     resource_version: str | None = None) -> None:
+        """``resource_version``: only onto that version of the object (409 Conflict else)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         _drain(self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, "agentgraphs", name, {"status": status},
-            _preload_content=False))
+            GROUP, VERSION, namespace, "agentgraphs", name, body, _preload_content=False))
 
     def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         meta = graph["metadata"]

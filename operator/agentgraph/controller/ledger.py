@@ -50,7 +50,7 @@ class Ledger:
         self.holds: dict[Key, Hold] = {}
         self.waiting: dict[Key, Waiting] = {}
         # Graphs an admission sweep passes over (invalid, or fitting nowhere), by the
-        # generation it saw: their own reconciles report them.
+        # generation it saw: their own reconciles report them; a new spec is swept again.
         self.undecidable: dict[Key, int | None] = {}
         self.persisted: set[Key] = set()  # whose hold, as it is now, its status records
         self.seeded = False
@@ -70,7 +70,9 @@ class Ledger:
         """Units and pods per pool held by every graph but ``key``."""
         units: dict[str, float] = {}
         pods: dict[str, float] = {}
-        for other, hold in self.holds.items():
+        with self.lock:
+            held = list(self.holds.items())
+        for other, hold in held:
             if other == key:
                 continue
             for pool, amount in hold.units.items():
@@ -80,12 +82,14 @@ class Ledger:
         return units, pods
 
     def holders(self) -> frozenset[Key]:
-        return frozenset(self.holds)
+        with self.lock:
+            return frozenset(self.holds)
 
     def spend(self, namespace: str, but: Key | None = None) -> float:
         """$/hour the admitted graphs of ``namespace`` hold (``but`` left out)."""
-        return sum(h.cost_per_hour for k, h in self.holds.items()
-                   if k[0] == namespace and k != but)
+        with self.lock:
+            return sum(h.cost_per_hour for k, h in self.holds.items()
+                       if k[0] == namespace and k != but)
 
     def admit(self, key: Key, hold: Hold) -> bool:
         """Record ``key``'s hold; True when it changed (its status must record it again)."""
@@ -102,14 +106,13 @@ class Ledger:
         return self.position(key)
 
     def position(self, key: Key) -> int:
-        order = sorted(self.waiting, key=lambda k: (-self.waiting[k].priority,
-                                                    self.waiting[k].created, k))
-        return order.index(key) + 1
+        return self.queue().index(key) + 1
 
     def queue(self) -> list[Key]:
         """The waiting graphs, first in line first."""
-        return sorted(self.waiting, key=lambda k: (-self.waiting[k].priority,
-                                                   self.waiting[k].created, k))
+        with self.lock:
+            waiting = dict(self.waiting)
+        return sorted(waiting, key=lambda k: (-waiting[k].priority, waiting[k].created, k))
 
     def release(self, key: Key) -> bool:
         """``key`` is gone: its hold and its place in the queue. True when it held something."""

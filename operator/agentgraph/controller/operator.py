@@ -156,6 +156,7 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
             if e.status == 404 and cluster.graph(namespace, name) is None:
                 log.info("%s/%s: deleted while being reconciled; nothing to do", namespace,
                          name)
+                _gone((namespace, name), kwargs)  # its hold may have been recorded after
                 return
             metrics.RECONCILES.labels(asked.name, "error").inc()
             raise
@@ -202,6 +203,10 @@ async def _every(interval: float, level: Level) -> None:
         indexes = STATE.indexes
         if indexes is None:
             continue  # no handler has run yet: kopf is still listing
+        if level is Level.FULL:  # holds of graphs gone unseen (deleted mid-decision)
+            stale = [k for k in STATE.ledger.holders() if k not in indexes["graphs"]]
+            for key in stale:
+                await asyncio.to_thread(_gone, key, indexes)
         for namespace, name in list(indexes["graphs"]):
             last = STATE.last_full.get((namespace, name))
             if level is Level.FULL and last is not None and time.monotonic() - last < interval:
@@ -267,9 +272,10 @@ async def on_arrival(event: kopf.RawEvent, namespace: str | None, name: str, bod
     otherwise (and they wait for a free thread)."""
     key = (indexes.namespaced(namespace), name)
     ledger = STATE.ledger
+    generation = body.get("metadata", {}).get("generation")
     if (STATE.started and STATE.admitter is not None and event.get("type") != "DELETED"
             and key not in ledger.holds and key not in ledger.waiting
-            and key not in ledger.undecidable):
+            and ledger.undecidable.get(key, -1) != generation):
         STATE.admitter.wake(kwargs, key, body)
 
 

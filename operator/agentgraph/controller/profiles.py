@@ -73,14 +73,16 @@ def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
 def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:
     meta = raw.get("metadata", {})
     key = (meta.get("name", "?"), meta.get("resourceVersion", ""))
-    if key not in _profiles_seen:
+    found = _profiles_seen.get(key)
+    if found is None:
+        try:
+            found = (HardwareProfile.model_validate(raw), [])
+        except pydantic.ValidationError as e:
+            found = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
         if len(_profiles_seen) > PROFILE_CACHE:  # old resourceVersions pile up otherwise
             _profiles_seen.clear()
-        try:
-            _profiles_seen[key] = (HardwareProfile.model_validate(raw), [])
-        except pydantic.ValidationError as e:
-            _profiles_seen[key] = (None, validation_lines(f"HardwareProfile/{key[0]}", e))
-    return _profiles_seen[key]
+        _profiles_seen[key] = found
+    return found
 
 
 def validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:

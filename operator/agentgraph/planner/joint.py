@@ -92,8 +92,8 @@ def plan_jointly(
             continue
         shot = ClusterSnapshot.from_profiles(profiles, settings, capacity_units, capacity_pods,
                                              capacity_block, corrections=m.corrections)
-        model = graph_model.build(m.graph)
         try:
+            model = graph_model.build(m.graph)
             candidates.check_pools(model, shot)
         except PlanningError as e:
             left_out.append((m.key, "; ".join(str(i) for i in e.issues)))

@@ -25,8 +25,10 @@ class Memo(Generic[V]):
         self._lock = threading.Lock()
         self._items: OrderedDict[Hashable, V] = OrderedDict()
 
-    def get(self, key: Hashable, make: Callable[[], V]) -> V:
-        """The value for ``key``, made (outside the lock) when it is not kept."""
+    def get(self, key: Hashable, make: Callable[[], V],
+            keep: Callable[[V], bool] = lambda _: True) -> V:
+        """The value for ``key``, made (outside the lock) when it is not kept; kept only when
+        ``keep`` says so (an answer cut short by a time limit depends on the machine's load)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -34,6 +36,8 @@ class Memo(Generic[V]):
                 return self._items[key]
             self.misses += 1
         value = make()
+        if not keep(value):
+            return value
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.size:

@@ -73,7 +73,8 @@ def plan(
         key = (graph.spec.model_dump_json(), shot.pools, tuple(sorted(shot.corrections.items())),
                settings, time_limit, tuple(sorted(_running(current).items())), penalty)
         return memo.get(key, lambda: _solve(model, shot, settings, time_limit, current,
-                                            penalty))
+                                            penalty),
+                        keep=lambda s: s[1] is None or s[1].status in ("optimal", "infeasible"))
 
     shortcut = _uncapped_first(model, snapshot, current, solved)
     if shortcut is not None:
