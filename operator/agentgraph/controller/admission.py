@@ -91,9 +91,9 @@ def decide(graph: AgentGraph, obj: Obj, world: World, measured: replanning.Plann
     ``snapshot.admission_free`` gives for a graph with no pods (a sweep's newcomers).
 
     A waiting graph whose inputs are all as they were at its last try (its spec and measured
-    rate, the room left to it, its namespace's budget and spend) is not planned again: the
-    solver is deterministic, so the answer would be the same. The resync and every freed
-    room retry the whole queue; this keeps that cheap."""
+    rate, the room left to it, its namespace's budget and spend, the profiles) is not planned
+    again: the solver is deterministic, so the answer would be the same. The resync and every
+    freed room retry the whole queue; this keeps that cheap."""
     meta = obj["metadata"]
     key = (meta["namespace"], meta["name"])
     budget = budgets.get(key[0])
