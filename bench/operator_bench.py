@@ -131,6 +131,14 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def install() -> None:
+    """The CRDs and the shipped profiles (a cluster this bench started has neither)."""
+    for folder in ("crds", "hardware_profiles"):
+        kubectl("apply", "--server-side", "--field-manager=bench", "-f", str(ROOT / folder))
+    kubectl("wait", "--for=condition=Established", "crd/agentgraphs.agentgraph.dev",
+            "--timeout=30s")
+
+
 def start_operator(log: Path, config: Path | None = None) -> subprocess.Popen[bytes]:
     cluster.stop_operator()  # the demo's, if it runs: one leader, and it must be ours
     proc = subprocess.Popen(
@@ -251,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.up()
     operator = None
     try:
-        for folder in ("crds", "hardware_profiles"):
-            kubectl("apply", "--server-side", "--field-manager=bench", "-f", str(ROOT / folder))
-        kubectl("wait", "--for=condition=Established", "crd/agentgraphs.agentgraph.dev",
-                "--timeout=30s")
+        install()
         for namespace in ("bench-one", "bench-many"):  # an earlier run's, still going away
             kubectl("delete", "namespace", namespace, "--ignore-not-found", "--timeout=180s")
         operator = start_operator(out.with_suffix(".operator.log"))

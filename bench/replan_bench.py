@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "e2e"))
 sys.path.insert(0, str(ROOT / "bench"))
 import cluster  # noqa: E402
 import loaddriver  # noqa: E402
-from operator_bench import kubectl, start_operator  # noqa: E402
+from operator_bench import install, kubectl, start_operator  # noqa: E402
 
 SETTINGS = {"prometheusUrl": cluster.PROMETHEUS_URL,
             "replan": {"intervalSeconds": 5, "windowSeconds": 20, "cooldownSeconds": 25,
@@ -138,6 +138,7 @@ def main() -> int:
     was_up = cluster.status() == 0
     if not was_up:
         cluster.up()
+    install()  # `make bench` runs this after the operator bench took its cluster down
     settings = out.parent / "replan-operator.json"
     settings.write_text(json.dumps(SETTINGS))
     operator = start_operator(out.parent / "replan-operator.log", settings)
