@@ -167,7 +167,7 @@ class ManyGraphs:
         return self.objs.get((namespace, name))
 
     def patch_status(self, namespace: str, name: str, new: Any,
-                     resource_version: str | None = None) -> None:
+                     resource_version: str | None = None, previous: Any = None) -> None:
         self.objs[(namespace, name)]["status"] = new
 
 

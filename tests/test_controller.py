@@ -175,3 +175,16 @@ def test_queued_requests_for_one_key_merge_at_the_highest_level() -> None:
     assert not work.queue("g", Level.FULL) and not work.queue("g", Level.READINESS)
     assert work.dequeue("g") is Level.FULL
     assert work.queue("g", Level.READINESS)  # a new burst after it started
+
+
+def test_a_status_write_removes_what_the_new_status_no_longer_has() -> None:
+    """A JSON merge patch keeps every field it does not name: an admitted graph's old queue
+    position, or a planned rate the replanner dropped, would stay in the status forever."""
+    from agentgraph.controller.cluster import merge_patch
+    old = {"admission": {"holds": [{"pool": "p"}], "queuePosition": 1},
+           "replan": {"plannedRequestsPerSecond": 24.6, "mode": "auto"}, "plan": {"a": 1}}
+    new = {"admission": {"holds": [{"pool": "q"}]}, "replan": {"mode": "auto"}}
+    assert merge_patch(old, new) == {
+        "admission": {"holds": [{"pool": "q"}], "queuePosition": None},
+        "replan": {"mode": "auto", "plannedRequestsPerSecond": None}, "plan": None}
+    assert merge_patch({}, new) == new

@@ -68,7 +68,7 @@ class FakeCluster:
         self.writes.append(f"delete {kind}/{name}")
 
     def patch_status(self, namespace: str, name: str, new: Obj,
-                     resource_version: str | None = None) -> None:
+                     resource_version: str | None = None, previous: Any = None) -> None:
         self.graph_obj["status"] = copy.deepcopy(new)
         self.writes.append("status")
 

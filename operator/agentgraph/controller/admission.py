@@ -77,7 +77,8 @@ def admit(cluster: Cluster, graph: AgentGraph, obj: Obj, world: World,
                       move_cost)
     if decision.status is not None:
         meta = obj["metadata"]
-        cluster.patch_status(meta["namespace"], meta["name"], decision.status)
+        cluster.patch_status(meta["namespace"], meta["name"], decision.status,
+                             previous=obj.get("status") or {})
         ledger.persisted.add((meta["namespace"], meta["name"]))
     return decision
 
@@ -164,8 +165,9 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
     one per free handler thread behind the others' child creation. ``bodies``: the graphs as
     their watch events brought them (others are read). The statuses are written after the
     lock is released, ``writers`` at a time. Returns how many were decided."""
-    # (key, status, the hold it records or None when it waits, the body's resourceVersion)
-    writes: list[tuple[Key, dict[str, Any], Hold | None, str | None]] = []
+    # (key, status, the hold it records or None when it waits, the body's resourceVersion,
+    # the status it replaces)
+    writes: list[tuple[Key, dict[str, Any], Hold | None, str | None, Obj]] = []
     with ledger.lock:
         # Newcomers have no pods yet: what the nodes leave them is one figure for them all.
         free = snapshot.admission_free(world.profiles, world.nodes, world.pods, ("", ""),
@@ -192,23 +194,24 @@ def sweep(cluster: Cluster, arrivals: Sequence[Arrival], bodies: Mapping[Key, Ob
             if decision.waiting is not None:
                 writes.append((key, status.with_admission(
                     obj.get("status") or {}, decision.admission, generation,
-                    waiting=decision.waiting), None, version))
+                    waiting=decision.waiting), None, version, obj.get("status") or {}))
             elif decision.status is not None:
-                writes.append((key, decision.status, ledger.holds[key], version))
+                writes.append((key, decision.status, ledger.holds[key], version,
+                               obj.get("status") or {}))
             elif key not in ledger.holds:
                 ledger.undecidable[key] = generation  # fits nowhere: Infeasible, not queued
 
-    def write(item: tuple[Key, dict[str, Any], Hold | None, str | None]) -> None:
+    def write(item: tuple[Key, dict[str, Any], Hold | None, str | None, Obj]) -> None:
         """Only onto the object it was decided from (resourceVersion): a status its own
         reconcile wrote meanwhile is newer, and that reconcile records the hold itself."""
-        key, new, hold, version = item
+        key, new, hold, version, old = item
         with ledger.lock:  # decided again meanwhile (or released): nothing to write
             if hold is not None and ledger.holds.get(key) != hold:
                 return
             if hold is None and (key in ledger.holds or key not in ledger.waiting):
                 return
         try:
-            cluster.patch_status(key[0], key[1], new, resource_version=version)
+            cluster.patch_status(key[0], key[1], new, resource_version=version, previous=old)
         except client.ApiException as e:
             if e.status == 404:  # deleted before its decision was written
                 ledger.release(key)

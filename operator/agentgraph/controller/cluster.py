@@ -99,9 +99,13 @@ class Cluster:
                 raise
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any],
-                     resource_version: str | None = None) -> None:
-        """``resource_version``: only onto that version of the object (409 Conflict else)."""
-        body: dict[str, Any] = {"status": status}
+                     resource_version: str | None = None,
+                     previous: Mapping[str, Any] | None = None) -> None:
+        """Write ``status`` (a JSON merge patch). ``previous``: the status it replaces, whose
+        fields ``status`` lacks are removed (a merge patch keeps what it does not name: a
+        queue position or a planned rate that went away would stay). ``resource_version``:
+        only onto that version of the object (409 Conflict else)."""
+        body: dict[str, Any] = {"status": merge_patch(previous or {}, status)}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         _drain(self.custom.patch_namespaced_custom_object_status(
@@ -121,6 +125,18 @@ class Cluster:
             first_timestamp=at, last_timestamp=at, count=1)
         _drain(self.core.create_namespaced_event(meta["namespace"], body,
                                                  _preload_content=False))
+
+
+def merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``previous``: a field ``previous`` has and ``new``
+    lacks becomes null (removed), in nested objects too; lists are replaced whole."""
+    out = dict(new)
+    for key, old in previous.items():
+        if key not in new:
+            out[key] = None
+        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
+            out[key] = merge_patch(old, new[key])
+    return out
 
 
 def _json(response: Any) -> Any:

@@ -55,7 +55,8 @@ def measure(cluster: Cluster, obj: Obj, world: Callable[[], World], prometheus: 
                                   config.settings(), now, advise)
     if outcome.written:
         meta = obj["metadata"]
-        cluster.patch_status(meta["namespace"], meta["name"], outcome.status)
+        cluster.patch_status(meta["namespace"], meta["name"], outcome.status,
+                             previous=obj.get("status") or {})
         _measure_events(cluster, obj, previous, outcome)
     return outcome
 

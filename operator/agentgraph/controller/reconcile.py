@@ -162,7 +162,7 @@ def _write(cluster: Cluster, obj: Obj, previous: Obj, new: dict[str, Any],
     if not status.changed(previous, new):
         return False
     meta = obj["metadata"]
-    cluster.patch_status(meta["namespace"], meta["name"], new)
+    cluster.patch_status(meta["namespace"], meta["name"], new, previous=previous)
     _events(cluster, obj, previous, new, list(problems))
     return True
 
