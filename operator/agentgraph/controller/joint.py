@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentgraph.api.status import AgentGraphStatus
-from agentgraph.controller import admission, replanning, snapshot, status
+from agentgraph.controller import admission, reconcile, replanning, snapshot, status
 from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.ledger import Hold, Key
 from agentgraph.controller.planning import World, parse_graph, sized
@@ -71,8 +71,7 @@ def report(graphs: Sequence[Obj], world: World, time_limit: float = 60.0) -> joi
         members.append(joint.Member(
             key=f"{key[0]}/{key[1]}", graph=sized(graph, measured.rate),
             first_come=hold.cost_per_hour, corrections=measured.corrections,
-            placed={s.step + (f"/{s.phase}" if s.phase else ""):
-                    f"{s.pool} TP{s.tensor_parallel} x{s.replicas}" for s in st.plan.steps}))
+            placed=reconcile.placement((obj.get("status") or {}).get("plan") or {})))
     skip = frozenset(holders)
     free = snapshot.admission_free(world.profiles, world.nodes, world.pods, ("", ""), skip)
     units, pods = snapshot.admission_capacity(free, fixed_units, fixed_pods)

@@ -173,15 +173,16 @@ def _placed(st: Obj) -> Any:
     return None if plan is None else (plan.get("steps"), plan.get("slaSeconds"))
 
 
+def placement(plan: Obj) -> dict[str, str]:
+    """A status plan's placement: 'step[/phase]' -> 'pool TPn xR'."""
+    return {s["step"] + (f"/{s['phase']}" if s.get("phase") else ""):
+            f"{s['pool']} TP{s.get('tensorParallel', 1)} x{s['replicas']}"
+            for s in plan.get("steps", [])}
+
+
 def moves(before: Obj, after: Obj) -> list[str]:
     """Per step phase whose placement changed: 'reason/decode: b200 TP2 x1 -> h200 TP1 x2'."""
-
-    def placed(plan: Obj) -> dict[str, str]:
-        return {s["step"] + (f"/{s['phase']}" if s.get("phase") else ""):
-                f"{s['pool']} TP{s.get('tensorParallel', 1)} x{s['replicas']}"
-                for s in plan.get("steps", [])}
-
-    old, new = placed(before), placed(after)
+    old, new = placement(before), placement(after)
     return [f"{k}: {old.get(k, 'none')} -> {new.get(k, 'none')}"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
