@@ -271,3 +271,34 @@ def test_a_replica_must_fit_on_one_node() -> None:
                                           else 64.0 for p in only})
     assert not none_fit.feasible
     assert any("units on one node" in r for r in none_fit.reasons), none_fit.reasons
+
+
+def test_plan_json_with_stats_is_the_only_thing_on_stdout() -> None:
+    """A fresh process (HiGHS prints a banner on file descriptor 1 the first time it starts):
+    ``-o json --stats`` writes one JSON document and nothing else, with the model's sizes."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "agentgraph.cli", "plan",
+                           "examples/voice-agent.yaml", "--profiles", "hardware_profiles",
+                           "-o", "json", "--stats"], capture_output=True, text=True, check=True,
+                          timeout=120)
+    plan = json.loads(done.stdout)
+    stats = plan["solveStats"]
+    assert stats["afterFixing"] <= stats["afterBounds"] <= stats["configurations"]
+    assert stats["startFrom"] in ("heuristic", "none")
+    assert {"lp", "milp", "total"} <= set(stats["seconds"])
+    assert plan["solverStatus"] == "optimal" and 0 <= plan["solverGap"] <= 1e-4
+
+
+def test_a_replan_starts_the_solver_from_the_running_plan() -> None:
+    steps = [llm(f"l{i}", deps=[f"l{i - 1}"] if i else []) for i in range(4)]
+    graph = make_graph(steps, sla=6.0, rate=5.0)
+    pools = [GPU, make_pool("gpu2", price=1.3)]
+    first = solve.plan(graph, pools, with_stats=True)
+    assert first.solve_stats is not None and first.solve_stats.start_from == "heuristic"
+    again = solve.plan(graph, pools, current=_placement(first), with_stats=True)
+    assert again.solve_stats is not None and again.solve_stats.start_from == "running plan"
+    assert again.solve_stats.start == pytest.approx(first.objective.value)  # type: ignore[union-attr]
+    assert _placement(again) == _placement(first)

@@ -12,7 +12,7 @@ from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.plan import Plan
 from agentgraph.costs.base import CostSettings
-from agentgraph.planner import candidates, solve
+from agentgraph.planner import candidates, milp, solve
 from agentgraph.planner import graph as graph_model
 from agentgraph.planner.evaluate import evaluate
 from agentgraph.planner.snapshot import ClusterSnapshot
@@ -137,3 +137,41 @@ def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> Non
         assert plan.feasible, plan.reasons
         assert plan.objective is not None
         assert math.isclose(plan.objective.value, best, rel_tol=TOL), (plan.objective.value, best)
+
+
+@PROPERTY
+@given(scenarios(), st.data())
+def test_start_and_reduced_cost_fixing_keep_the_optimum(
+    case: tuple[AgentGraph, list[Any]], data: st.DataObject
+) -> None:
+    """The MILP's first incumbent (a given plan, feasible or not, or its own heuristic) and the
+    reduced-cost fixing it allows never lose the optimum: brute force over whole
+    configurations agrees."""
+    graph, pools = case
+    model = graph_model.build(graph)
+    snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
+    options = candidates.build(model, snapshot, SMALL)
+    configs = [options[name].configs for name in options]
+    assume(all(configs) and math.prod(len(c) for c in configs) <= 3000)
+    best = math.inf
+    for combo in itertools.product(*configs):
+        selection = {(name, phase): o for name, c in zip(options, combo, strict=True)
+                     for phase, o in c.parts}
+        ev = evaluate(model, options, selection, snapshot)
+        if ev.feasible:
+            best = min(best, ev.objective)
+    start = {name: data.draw(st.sampled_from(options[name].configs)) for name in options}
+    for given_start in (None, start):
+        result = milp.solve(model, options, snapshot, start=given_start)
+        if math.isinf(best):
+            assert result.selection is None
+            continue
+        assert result.selection is not None and result.stats is not None
+        ev = evaluate(model, options, result.selection, snapshot)
+        assert ev.feasible, ev.violations
+        assert math.isclose(ev.objective, best, rel_tol=TOL), (ev.objective, best)
+        stats = result.stats
+        assert stats.after_fixing <= stats.after_bounds <= stats.configurations
+        if stats.start is not None:  # a feasible plan: never below the optimum or the LP bound
+            assert stats.start >= best * (1 - TOL)
+            assert stats.lp_bound is not None and stats.lp_bound <= best * (1 + TOL)

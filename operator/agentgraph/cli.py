@@ -22,7 +22,7 @@ from agentgraph.planner.errors import PlanningError
 if TYPE_CHECKING:  # imported where used: the runtime's commands need none of them
     from rich.console import Console
 
-    from agentgraph.api.plan import Plan
+    from agentgraph.api.plan import Plan, SolveStats
 
 EXIT_INFEASIBLE = 1
 EXIT_INVALID = 2
@@ -101,7 +101,7 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     docs, profiles = resolve(args.file, args.profiles)
     settings = CostSettings(cost_basis=CostBasis(args.cost_basis) if args.cost_basis else None)
     result = solve.plan(docs.graphs[0], profiles, settings, with_explanation=args.explain,
-                        time_limit=args.time_limit)
+                        time_limit=args.time_limit, with_stats=args.stats)
     if args.output == "json":
         print(json.dumps(result.model_dump(by_alias=True, exclude_none=True), indent=2))
     elif args.output == "yaml":
@@ -109,6 +109,8 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
                                                mode="json"), sort_keys=False), end="")
     else:
         print_plan(docs.graphs[0].metadata.name, result, out)
+        if result.solve_stats is not None:
+            print_stats(result.solve_stats, out)
     if not result.feasible:
         for reason in result.reasons:
             print(f"{args.file}: {reason}", file=sys.stderr)
@@ -168,6 +170,22 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
                        "-" if b.latency_seconds is None else f"{b.latency_seconds:.4g}",
                        _money(b.objective), b.reason or "")
         out.print(bt)
+
+
+def print_stats(stats: SolveStats, out: Console) -> None:
+    from rich.table import Table
+
+    sizes = Table("model", "configurations", title="solver model (--stats)")
+    sizes.add_row("candidates (Pareto-pruned)", str(stats.configurations))
+    sizes.add_row("after the latency bounds and slack fixing", str(stats.after_bounds))
+    sizes.add_row("after reduced-cost fixing (given to HiGHS)", str(stats.after_fixing))
+    out.print(sizes)
+    lp = "-" if stats.lp_bound is None else f"{stats.lp_bound:.6g}"
+    start = "-" if stats.start is None else f"{stats.start:.6g}"
+    out.print(f"{stats.rows} rows, {stats.steps_fixed} steps fixed before HiGHS, "
+              f"LP bound {lp}, first incumbent {start} ({stats.start_from}), "
+              f"{stats.nodes} branch-and-bound nodes")
+    out.print("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.seconds.items()))
 
 
 def cmd_crds(args: argparse.Namespace, out: Console) -> int:
@@ -282,6 +300,9 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--cost-basis", choices=[b.value for b in CostBasis],
                     help="price every pool on this basis instead of each profile's own")
     pl.add_argument("--time-limit", type=float, default=60.0, help="solver seconds (default 60)")
+    pl.add_argument("--stats", action="store_true",
+                    help="print the solver model's size before and after each reduction and "
+                    "where the time went (in -o json/yaml: solveStats)")
     pl.set_defaults(func=cmd_plan)
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     c.add_argument("--out", default="crds")

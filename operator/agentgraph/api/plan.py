@@ -73,6 +73,22 @@ class Alternative(ApiModel):
     reason: str
 
 
+class SolveStats(ApiModel):
+    """``agentgraph plan --stats``: the model's size before and after each reduction, and where
+    the time went (seconds by stage: candidates, build, lp, start, milp, evaluate)."""
+
+    configurations: int  # every candidate configuration of every step
+    after_bounds: int  # left once too-slow ones are dropped and slack steps fixed
+    after_fixing: int  # left by reduced-cost fixing: what HiGHS is given
+    steps_fixed: int  # steps with one configuration left before HiGHS
+    rows: int
+    lp_bound: float | None = None  # the LP relaxation: no plan costs less
+    start: float | None = None  # the first incumbent's objective
+    start_from: str  # "running plan", "heuristic" or "none"
+    nodes: int  # HiGHS's branch-and-bound nodes
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
 class Plan(ApiModel):
     feasible: bool
     objective: Objective | None = None
@@ -91,4 +107,7 @@ class Plan(ApiModel):
     # "optimal": proven minimum; "time limit: ...": the best plan found when the solver's time
     # ran out, feasible but not proven optimal.
     solver_status: str | None = None
+    # The relative gap HiGHS proved for this plan: at most 1e-4 when "optimal".
+    solver_gap: float | None = None
     solve_seconds: float | None = None
+    solve_stats: SolveStats | None = None  # only when asked for (``--stats``)

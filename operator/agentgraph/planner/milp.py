@@ -15,16 +15,27 @@ Rows
 Replica counts are integers fixed by each option (ceil(rate / (throughput * max utilisation))),
 so capacity and cost stay linear in x. Before solving, ``bounds`` drops configurations no
 feasible plan can use and fixes steps whose cheapest configuration is always safe.
+
+HiGHS is called through highspy, quietly (nothing on stdout), with the GIL released while it
+runs. Before the MILP, one LP relaxation gives a lower bound and reduced costs; a feasible plan
+(the running one when re-planning, else the LP's rounded-up solution improved step by step)
+gives an upper bound. A configuration whose reduced cost exceeds the gap between the two is in
+no plan cheaper than that feasible one, so it is dropped (reduced-cost fixing, exact), and the
+feasible plan is handed to HiGHS as its first incumbent.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import highspy
 import numpy as np
-from scipy import optimize, sparse
 
 from agentgraph.planner import bounds
 from agentgraph.planner.candidates import Config, StepOptions
@@ -35,6 +46,24 @@ from agentgraph.planner.snapshot import ClusterSnapshot
 INF = np.inf
 MIP_REL_GAP = 1e-4  # 'optimal': no plan is more than 0.01% cheaper (the README says so)
 SLACK_TOL = 1e-9  # keep configurations that meet the SLA only up to rounding
+FIX_TOL = 1e-7  # reduced-cost fixing keeps a configuration within this (relative) of the gap
+IMPROVE_PASSES = 8  # bound on the start heuristic's passes over the steps
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Where a solve's time went and how far each reduction shrank the model."""
+
+    configurations: int  # every candidate configuration of every step
+    after_bounds: int  # left by the two reductions of ``bounds``
+    after_fixing: int  # left by reduced-cost fixing (what HiGHS is given)
+    steps_fixed: int  # steps with one configuration left before HiGHS
+    rows: int
+    lp_bound: float | None  # the LP relaxation's objective: no plan costs less
+    start: float | None  # the first incumbent's objective; None: there was none
+    start_from: str  # "running plan", "heuristic" or "none"
+    nodes: int  # HiGHS's branch-and-bound nodes
+    seconds: dict[str, float] = field(default_factory=dict)  # build, lp, start, milp
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,8 @@ class MilpResult:
     seconds: float
     variables: int
     rows: int
+    gap: float | None = None  # proven relative gap of the selection; None without one
+    stats: Stats | None = None
 
 
 class _Builder:
@@ -72,10 +103,14 @@ def solve(
     options: Mapping[str, StepOptions],
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
+    start: Mapping[str, Config] | None = None,
 ) -> MilpResult:
-    joint = solve_joint([(graph, options)], snapshot, time_limit)
+    """``start``: a configuration per step to try first (the running plan when re-planning);
+    used only when it is feasible here."""
+    joint = solve_joint([(graph, options)], snapshot, time_limit,
+                        None if start is None else [start])
     return MilpResult(None if joint.selections is None else joint.selections[0], joint.status,
-                      joint.seconds, joint.variables, joint.rows)
+                      joint.seconds, joint.variables, joint.rows, joint.gap, joint.stats)
 
 
 @dataclass(frozen=True)
@@ -85,12 +120,24 @@ class JointResult:
     seconds: float
     variables: int
     rows: int
+    gap: float | None = None
+    stats: Stats | None = None
+
+
+@dataclass
+class _Problem:
+    """One graph's share of the MILP: its usable configurations and their columns."""
+
+    graph: GraphModel
+    usable: dict[str, list[Config]]
+    columns: dict[str, list[tuple[int, Config]]]
 
 
 def solve_joint(
     graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
+    starts: Sequence[Mapping[str, Config] | None] | None = None,
 ) -> JointResult:
     """Several graphs on the same pools, in one MILP: each graph its own configuration rows and
     its own SLA rows, the pools' capacity rows summed over all of them; the objective is the
@@ -99,7 +146,7 @@ def solve_joint(
     b = _Builder()
     scale = max((c.objective for _, options in graphs for so in options.values()
                  for c in so.configs), default=1.0) or 1.0
-    chosen_from: list[dict[str, list[tuple[int, Config]]]] = []
+    problems: list[_Problem] = []
     pool_use: dict[str, dict[int, float]] = {}
     for graph, options in graphs:
         sla = graph.sla.latency_seconds
@@ -115,15 +162,17 @@ def solve_joint(
                     pool_use.setdefault(pool_name, {})[col] = units
             b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
         _timing(b, graph, duration)
-        chosen_from.append(mine)
-    for key, limit in snapshot.capacities().items():
-        if key in pool_use:
-            b.row(pool_use[key], -INF, limit)
-    picked, status = _run(b, chosen_from, time_limit)
+        problems.append(_Problem(graph, usable, mine))
+    limits = {key: limit for key, limit in snapshot.capacities().items() if key in pool_use}
+    for key, limit in limits.items():
+        b.row(pool_use[key], -INF, limit)
+    configurations = sum(len(so.configs) for _, options in graphs for so in options.values())
+    run = _Run(b, problems, limits, scale, started, configurations)
+    picked, status, gap = run.solve(time_limit, starts)
     selections = None if picked is None else [
         {(name, phase): o for name, c in one.items() for phase, o in c.parts} for one in picked]
     return JointResult(selections, status, time.perf_counter() - started, len(b.cost),
-                       len(b.rows))
+                       len(b.rows), gap, run.stats())
 
 
 def _reduce(
@@ -180,31 +229,301 @@ def _timing(
         b.row({finish[sink]: 1.0}, -INF, 1.0)
 
 
-def _run(
-    b: _Builder, chosen_from: Sequence[Mapping[str, list[tuple[int, Config]]]],
-    time_limit: float,
-) -> tuple[list[dict[str, Config]] | None, str]:
-    n = len(b.cost)
-    rows, cols, vals = [], [], []
-    for r, coefs in enumerate(b.rows):
-        for c, v in coefs.items():
-            rows.append(r)
-            cols.append(c)
-            vals.append(v)
-    matrix = sparse.csr_array((vals, (rows, cols)), shape=(len(b.rows), n))
-    result = optimize.milp(
-        c=np.array(b.cost),
-        integrality=np.array(b.integer),
-        bounds=optimize.Bounds(np.zeros(n), np.array(b.upper)),
-        constraints=optimize.LinearConstraint(matrix, np.array(b.lo), np.array(b.hi)),
-        options={"time_limit": time_limit, "mip_rel_gap": MIP_REL_GAP, "presolve": True},
-    )
-    if result.x is None:
-        return None, "infeasible" if result.status == 2 else f"no solution ({result.message})"
-    picked = [{name: max(cols, key=lambda cc: result.x[cc[0]])[1]
-               for name, cols in one.items()} for one in chosen_from]
-    if result.status == 0:
-        return picked, "optimal"
-    gap = getattr(result, "mip_gap", None)
-    bound = f": within {gap:.3%} of the lower bound" if gap is not None else ""
-    return picked, f"time limit{bound}"
+_BANNER = threading.Lock()
+_banner_shown = False
+
+
+def _highs() -> highspy.Highs:
+    """A quiet HiGHS. The first one made in a process prints a banner on file descriptor 1, below
+    Python (``-o json`` must print nothing but the document): it is sent to /dev/null."""
+    global _banner_shown
+    with _BANNER:
+        if _banner_shown:
+            h = highspy.Highs()
+        else:
+            sys.stdout.flush()
+            saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            try:
+                h = highspy.Highs()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+                os.close(null)
+            _banner_shown = True
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def _inf(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isposinf(values), highspy.kHighsInf,
+                    np.where(np.isneginf(values), -highspy.kHighsInf, values))
+
+
+class _Run:
+    """One MILP: the LP bound, a first incumbent, reduced-cost fixing, then HiGHS."""
+
+    def __init__(self, b: _Builder, problems: Sequence[_Problem], limits: Mapping[str, float],
+                 scale: float, started: float, configurations: int) -> None:
+        self.b = b
+        self.problems = problems
+        self.limits = limits
+        self.scale = scale
+        self.started = started
+        self.configurations = configurations
+        self.n = len(b.cost)
+        self.cost = np.array(b.cost)
+        self.integer = np.array(b.integer, dtype=bool)
+        self.upper = np.array(b.upper)
+        self.lp_bound: float | None = None
+        self.start_value: float | None = None
+        self.start_from = "none"
+        self.kept = sum(len(cols) for p in problems for cols in p.columns.values())
+        self.fixed_steps = 0
+        self.nodes = 0
+        self.seconds: dict[str, float] = {"build": time.perf_counter() - started}
+        self.lp = self._model()
+
+    def _model(self) -> highspy.HighsLp:
+        b = self.b
+        starts = np.zeros(self.n + 1, dtype=np.int32)
+        for coefs in b.rows:
+            for c in coefs:
+                starts[c + 1] += 1
+        starts = np.cumsum(starts).astype(np.int32)
+        index = np.zeros(starts[-1], dtype=np.int32)
+        value = np.zeros(starts[-1])
+        fill = starts[:-1].copy()
+        for r, coefs in enumerate(b.rows):
+            for c, v in coefs.items():
+                index[fill[c]] = r
+                value[fill[c]] = v
+                fill[c] += 1
+        lp = highspy.HighsLp()
+        lp.num_col_ = self.n
+        lp.num_row_ = len(b.rows)
+        lp.col_cost_ = self.cost
+        lp.col_lower_ = np.zeros(self.n)
+        lp.col_upper_ = _inf(self.upper)
+        lp.row_lower_ = _inf(np.array(b.lo))
+        lp.row_upper_ = _inf(np.array(b.hi))
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = starts
+        lp.a_matrix_.index_ = index
+        lp.a_matrix_.value_ = value
+        return lp
+
+    def solve(
+        self, time_limit: float, starts: Sequence[Mapping[str, Config] | None] | None
+    ) -> tuple[list[dict[str, Config]] | None, str, float | None]:
+        t = time.perf_counter()
+        relaxed = self._relaxation(time_limit)
+        self.seconds["lp"] = time.perf_counter() - t
+        if relaxed == "infeasible":
+            return None, "infeasible", None
+        t = time.perf_counter()
+        start = None
+        upper = self.upper.copy()
+        if isinstance(relaxed, tuple):  # None: no LP optimum in time; the MILP goes on without
+            x, reduced = relaxed
+            start = self._start(x, starts)
+            if start is not None:
+                upper = self._fix(upper, reduced, start)
+        self.seconds["start"] = time.perf_counter() - t
+        t = time.perf_counter()
+        answer = self._milp(upper, start, max(time_limit - (t - self.started), 1e-6))
+        self.seconds["milp"] = time.perf_counter() - t
+        return answer
+
+    def _relaxation(self, time_limit: float) -> tuple[np.ndarray, np.ndarray] | str | None:
+        h = _highs()
+        h.setOptionValue("time_limit", float(time_limit))
+        h.passModel(self.lp)
+        h.run()
+        status = h.getModelStatus()
+        if status == highspy.HighsModelStatus.kInfeasible:
+            return "infeasible"  # no fractional plan, so no plan
+        if status != highspy.HighsModelStatus.kOptimal:
+            return None
+        solution = h.getSolution()
+        self.lp_bound = h.getInfo().objective_function_value * self.scale
+        return np.array(solution.col_value), np.array(solution.col_dual)
+
+    def _start(
+        self, x: np.ndarray, starts: Sequence[Mapping[str, Config] | None] | None
+    ) -> list[dict[str, Config]] | None:
+        """A feasible plan to begin from: the given one where it is feasible, else the LP's
+        solution with every step at the fastest configuration it uses (durations only shrink,
+        so every latency row still holds), then each step moved to its cheapest configuration
+        that still fits its room. None when it breaks a capacity row."""
+        picks: list[dict[str, Config]] = []
+        given = 0
+        for i, problem in enumerate(self.problems):
+            wanted = None if starts is None else starts[i]
+            pick = None if wanted is None else _known(problem, wanted)
+            if pick is not None and _meets_sla(problem.graph, pick):
+                given += 1
+            else:
+                pick = {name: min((c for col, c in cols if x[col] > 1e-9),
+                                  key=lambda c: (c.latency, c.objective),
+                                  default=min((c for _, c in cols), key=lambda c: c.latency))
+                        for name, cols in problem.columns.items()}
+            picks.append(_improve(problem, pick, self.limits, self._usage(picks, pick)))
+        if not self._within_capacity(picks):
+            return None
+        self.start_from = "running plan" if given == len(self.problems) else "heuristic"
+        self.start_value = sum(c.objective for pick in picks for c in pick.values())
+        return picks
+
+    def _usage(self, done: Sequence[Mapping[str, Config]],
+               current: Mapping[str, Config]) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for pick in [*done, current]:
+            for c in pick.values():
+                for key, units in c.usage:
+                    if key in self.limits:
+                        used[key] = used.get(key, 0.0) + units
+        return used
+
+    def _within_capacity(self, picks: Sequence[Mapping[str, Config]]) -> bool:
+        used = self._usage(picks[:-1], picks[-1]) if picks else {}
+        return all(used.get(key, 0.0) <= limit * (1 + SLACK_TOL) + 1e-9
+                   for key, limit in self.limits.items())
+
+    def _fix(self, upper: np.ndarray, reduced: np.ndarray,
+             start: Sequence[Mapping[str, Config]]) -> np.ndarray:
+        """Reduced-cost fixing: with an optimal LP dual, any plan using column j costs at least
+        lp_bound + reduced[j] (scaled), so a column whose reduced cost exceeds the gap to the
+        start's cost is in no plan cheaper than the start."""
+        assert self.lp_bound is not None and self.start_value is not None
+        gap = (self.start_value - self.lp_bound) / self.scale
+        slack = gap + FIX_TOL * max(1.0, abs(self.start_value / self.scale))
+        chosen = {id(c) for pick in start for c in pick.values()}
+        kept = 0
+        for problem in self.problems:
+            for cols in problem.columns.values():
+                left = 0
+                for col, c in cols:
+                    if reduced[col] > slack and id(c) not in chosen:
+                        upper[col] = 0.0
+                    else:
+                        left += 1
+                kept += left
+                self.fixed_steps += left == 1
+        self.kept = kept
+        return upper
+
+    def _milp(
+        self, upper: np.ndarray, start: Sequence[Mapping[str, Config]] | None,
+        time_limit: float,
+    ) -> tuple[list[dict[str, Config]] | None, str, float | None]:
+        h = _highs()
+        for key, value in (("time_limit", float(time_limit)), ("mip_rel_gap", MIP_REL_GAP),
+                           ("presolve", "on")):
+            h.setOptionValue(key, value)
+        lp = self.lp
+        lp.col_upper_ = _inf(upper)
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                           for i in self.integer]
+        h.passModel(lp)
+        if start is not None:
+            chosen = {id(c) for pick in start for c in pick.values()}
+            cols = np.array([col for p in self.problems for cols in p.columns.values()
+                             for col, _ in cols], dtype=np.int32)
+            values = np.array([1.0 if id(c) in chosen else 0.0 for p in self.problems
+                               for cols in p.columns.values() for _, c in cols])
+            h.setSolution(len(cols), cols, values)
+        h.run()
+        info = h.getInfo()
+        self.nodes = int(info.mip_node_count)
+        status = h.getModelStatus()
+        if status == highspy.HighsModelStatus.kInfeasible:
+            return None, "infeasible", None
+        if info.primal_solution_status != 2:  # no feasible solution
+            return None, f"no solution ({h.modelStatusToString(status)})", None
+        x = np.array(h.getSolution().col_value)
+        picked = [{name: max(cols, key=lambda cc: x[cc[0]])[1]
+                   for name, cols in p.columns.items()} for p in self.problems]
+        gap = float(info.mip_gap) if math.isfinite(info.mip_gap) else None
+        if gap is not None:
+            gap = max(gap, 0.0)
+        if status == highspy.HighsModelStatus.kOptimal:
+            return picked, "optimal", gap
+        bound = f": within {gap:.3%} of the lower bound" if gap is not None else ""
+        return picked, f"time limit{bound}", gap
+
+    def stats(self) -> Stats:
+        after = sum(len(cols) for p in self.problems for cols in p.columns.values())
+        return Stats(self.configurations, after, self.kept, self.fixed_steps, len(self.b.rows),
+                     self.lp_bound, self.start_value, self.start_from, self.nodes,
+                     dict(self.seconds))
+
+
+def _known(problem: _Problem, wanted: Mapping[str, Config]) -> dict[str, Config] | None:
+    """``wanted`` as this problem's own usable configurations, or None where one is not."""
+    out = {}
+    for name, cols in problem.columns.items():
+        c = wanted.get(name)
+        found = next((mine for _, mine in cols if c is not None and mine == c), None)
+        if found is None:
+            return None
+        out[name] = found
+    return out
+
+
+def _fits(duration: float, room: float) -> bool:
+    return duration <= room * (1 + SLACK_TOL) + 1e-12
+
+
+def _meets_sla(graph: GraphModel, pick: Mapping[str, Config]) -> bool:
+    durations = {name: c.latency for name, c in pick.items()}
+    room = bounds.latency_caps(graph, durations)
+    return all(_fits(durations[name], room[name]) for name in durations)
+
+
+def _improve(problem: _Problem, pick: dict[str, Config], limits: Mapping[str, float],
+             used: dict[str, float]) -> dict[str, Config]:
+    """Greedy descent that keeps the plan feasible: each step, largest possible saving first,
+    moves to its cheapest configuration that fits the room the others leave it (and the pools'
+    capacity); the room is recomputed after every move."""
+    graph = problem.graph
+    durations = {name: c.latency for name, c in pick.items()}
+    room = bounds.latency_caps(graph, durations)
+    for _ in range(IMPROVE_PASSES):
+        moved = False
+        order = sorted(problem.usable, key=lambda n: min(c.objective for c in problem.usable[n])
+                       - pick[n].objective)
+        for name in order:
+            if len(problem.usable[name]) == 1:
+                continue
+            here = pick[name]
+            best = min((c for c in problem.usable[name]
+                        if _fits(c.latency, room[name]) and _room_for(c, here, limits, used)),
+                       key=lambda c: (c.objective, c.latency), default=here)
+            if best.objective < here.objective * (1 - 1e-12) - 1e-15:
+                for key, units in here.usage:
+                    if key in used:
+                        used[key] -= units
+                for key, units in best.usage:
+                    if key in limits:
+                        used[key] = used.get(key, 0.0) + units
+                pick[name] = best
+                durations[name] = best.latency
+                room = bounds.latency_caps(graph, durations)
+                moved = True
+        if not moved:
+            break
+    return pick
+
+
+def _room_for(c: Config, here: Config, limits: Mapping[str, float],
+              used: Mapping[str, float]) -> bool:
+    if not limits:
+        return True
+    delta: dict[str, float] = {}
+    for key, units in c.usage:
+        delta[key] = delta.get(key, 0.0) + units
+    for key, units in here.usage:
+        delta[key] = delta.get(key, 0.0) - units
+    return all(used.get(key, 0.0) + d <= limits[key] * (1 + SLACK_TOL) + 1e-9
+               for key, d in delta.items() if key in limits and d > 0)

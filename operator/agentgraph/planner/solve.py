@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.plan import Assignment, Constraint, Objective, Plan
+from agentgraph.api.plan import Assignment, Constraint, Objective, Plan, SolveStats
 from agentgraph.api.plan import Transfer as TransferOut
 from agentgraph.costs.base import CostSettings, Phase
 from agentgraph.planner import candidates, diagnose, explain, milp
 from agentgraph.planner import graph as graph_model
-from agentgraph.planner.candidates import Option, StepOptions
+from agentgraph.planner.candidates import Config, Option, StepOptions
 from agentgraph.planner.errors import Issue, PlanningError
 from agentgraph.planner.evaluate import REL_TOL, Evaluation, Selection, evaluate
 from agentgraph.planner.graph import GraphModel
@@ -41,6 +42,7 @@ def plan(
     move_cost: float = 0.0,
     diagnose_infeasible: bool = True,
     memo: Memo[Solved] | None = None,
+    with_stats: bool = False,
 ) -> Plan:
     """Raises PlanningError when the spec is invalid; returns ``feasible: false`` with reasons when
     it is valid but nothing meets it on this hardware.
@@ -56,7 +58,9 @@ def plan(
     replan moves only the steps for which moving pays; scaling in place costs nothing extra.
     ``diagnose_infeasible=False``: when nothing fits, skip finding out why (a second solve
     without the capacities); the reasons then only say that nothing fits. ``memo``: keep and
-    reuse candidates and solver answers for inputs seen before (planner/memo.py)."""
+    reuse candidates and solver answers for inputs seen before (planner/memo.py).
+    ``with_stats``: the plan carries ``solveStats`` (model sizes, where the time went)."""
+    started = time.perf_counter()
     settings = settings or CostSettings()
     model = graph_model.build(graph)
     if snapshot is None:
@@ -115,7 +119,7 @@ def plan(
             selection, ev = kept, ev_kept
     out = render(model, options, selection, ev, snapshot)
     out = out.model_copy(update={"solve_seconds": result.seconds,
-                                 "solver_status": solver_status})
+                                 "solver_status": solver_status, "solver_gap": result.gap})
     if ev.violations:  # the solver's answer failed the exact re-check: never report it as good
         return out.model_copy(update={"feasible": False, "reasons": ev.violations})
     if with_explanation:
@@ -123,7 +127,21 @@ def plan(
             "baselines": explain.baselines(model, snapshot, settings, time_limit),
             "alternatives": explain.alternatives(model, options, selection, ev, snapshot),
         })
+    if with_stats and result.stats is not None:
+        out = out.model_copy(update={"solve_stats": _stats(result, time.perf_counter() - started)})
     return out
+
+
+def _stats(result: milp.MilpResult, total: float) -> SolveStats:
+    s = result.stats
+    assert s is not None
+    seconds = {k: round(v, 4) for k, v in s.seconds.items()}
+    seconds["other"] = round(max(total - result.seconds, 0.0), 4)  # candidates, checks, render
+    seconds["total"] = round(total, 4)
+    return SolveStats(configurations=s.configurations, after_bounds=s.after_bounds,
+                      after_fixing=s.after_fixing, steps_fixed=s.steps_fixed, rows=s.rows,
+                      lp_bound=s.lp_bound, start=s.start, start_from=s.start_from,
+                      nodes=s.nodes, seconds=seconds)
 
 
 Solved = tuple[dict[str, StepOptions], milp.MilpResult | None]  # None: a slot has no option
@@ -135,7 +153,23 @@ def _solve(model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings,
                                move_cost=penalty)
     if diagnose.empty_slots(model, options):
         return options, None
-    return options, milp.solve(model, options, snapshot, time_limit)
+    kept = _current_selection(options, current) if current else None
+    return options, milp.solve(model, options, snapshot, time_limit,
+                               start=None if kept is None else _configs_of(options, kept))
+
+
+def _configs_of(options: Mapping[str, StepOptions],
+                selection: Mapping[tuple[str, Phase], Option]) -> dict[str, Config]:
+    """The configuration of each step that is ``selection`` (the running plan): the MILP's
+    first incumbent when re-planning. A step whose configuration is not a candidate is left
+    out (the MILP then ignores the whole start)."""
+    out: dict[str, Config] = {}
+    for name, so in options.items():
+        parts = {phase: selection.get((name, phase)) for phase in so.slots}
+        found = next((c for c in so.configs if dict(c.parts) == parts), None)
+        if found is not None:
+            out[name] = found
+    return out
 
 
 def _uncapped_first(
