@@ -302,3 +302,51 @@ def test_a_replan_starts_the_solver_from_the_running_plan() -> None:
     assert again.solve_stats is not None and again.solve_stats.start_from == "running plan"
     assert again.solve_stats.start == pytest.approx(first.objective.value)  # type: ignore[union-attr]
     assert _placement(again) == _placement(first)
+
+
+def test_both_exact_engines_agree_where_the_search_must_branch() -> None:
+    """A 24-step DAG on the shipped profiles at a binding SLA: HiGHS alone and our branch and
+    bound alone (which has to branch here) find plans of the same cost within the gap."""
+    from agentgraph.costs.base import CostSettings
+    from agentgraph.planner import candidates, diagnose, milp
+    from agentgraph.planner import graph as graph_model
+    from agentgraph.planner.evaluate import evaluate
+    from agentgraph.planner.snapshot import ClusterSnapshot
+    from builders import compute, shipped_profiles
+
+    steps = []
+    for i in range(24):
+        deps = [f"s{j}" for j in (i - 1, i - 3) if j >= 0]
+        if i % 3 == 0:
+            steps.append(llm(f"s{i}", deps=deps, input_tokens=512 * (1 + i % 4),
+                             output_tokens=32 * (1 + i % 5)))
+        else:
+            steps.append(compute(f"s{i}", core_seconds=0.05 * (1 + i % 4), deps=deps,
+                                 max_cores=8))
+    profiles = shipped_profiles()
+    settings = CostSettings()
+    loose = graph_model.build(make_graph(steps, sla=1e4, rate=10.0))
+    snapshot = ClusterSnapshot.from_profiles(profiles, settings)
+    options = candidates.build(loose, snapshot, settings)
+    fastest = evaluate(loose, options, diagnose.fastest_selection(options), snapshot).latency
+    model = graph_model.build(make_graph(steps, sla=1.4 * fastest, rate=10.0))
+    options = candidates.build(model, snapshot, settings)
+    answers = {engines: milp.solve(model, options, snapshot, engines=engines)
+               for engines in (("highs",), ("branch",))}
+    costs = {}
+    for engines, result in answers.items():
+        assert result.status == "optimal" and result.selection is not None, result.status
+        ev = evaluate(model, options, result.selection, snapshot)
+        assert ev.feasible, ev.violations
+        costs[engines] = ev.objective
+    assert costs[("branch",)] == pytest.approx(costs[("highs",)], rel=2 * milp.MIP_REL_GAP)
+    assert answers[("branch",)].stats is not None and answers[("branch",)].stats.nodes > 1
+    # Started from a feasible but dear plan (every step at its fastest), each engine still
+    # returns the optimum, not the start (HiGHS once handed back its start as "optimal").
+    fastest_start = {name: min(so.configs, key=lambda c: (c.latency, c.objective))
+                     for name, so in options.items()}
+    for engines in (("highs",), ("branch",), milp.ENGINES):
+        result = milp.solve(model, options, snapshot, start=fastest_start, engines=engines)
+        assert result.selection is not None and result.status == "optimal"
+        started = evaluate(model, options, result.selection, snapshot).objective
+        assert started == pytest.approx(costs[("highs",)], rel=2 * milp.MIP_REL_GAP)

@@ -144,9 +144,9 @@ def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> Non
 def test_start_and_reduced_cost_fixing_keep_the_optimum(
     case: tuple[AgentGraph, list[Any]], data: st.DataObject
 ) -> None:
-    """The MILP's first incumbent (a given plan, feasible or not, or its own heuristic) and the
-    reduced-cost fixing it allows never lose the optimum: brute force over whole
-    configurations agrees."""
+    """The MILP's first incumbent (a given plan, feasible or not, or its own heuristic), the
+    reduced-cost fixing it allows and each exact engine (HiGHS, our branch and bound, the two
+    raced) never lose the optimum: brute force over whole configurations agrees."""
     graph, pools = case
     model = graph_model.build(graph)
     snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
@@ -161,8 +161,10 @@ def test_start_and_reduced_cost_fixing_keep_the_optimum(
         if ev.feasible:
             best = min(best, ev.objective)
     start = {name: data.draw(st.sampled_from(options[name].configs)) for name in options}
-    for given_start in (None, start):
-        result = milp.solve(model, options, snapshot, start=given_start)
+    runs = [(given, engines) for given in (None, start)
+            for engines in (milp.ENGINES, ("highs",), ("branch",))]
+    for given_start, engines in runs:
+        result = milp.solve(model, options, snapshot, start=given_start, engines=engines)
         if math.isinf(best):
             assert result.selection is None
             continue

@@ -33,11 +33,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import highspy
 import numpy as np
 
-from agentgraph.planner import bounds
+from agentgraph.planner import bounds, branch
 from agentgraph.planner.candidates import Config, StepOptions
 from agentgraph.planner.evaluate import Selection
 from agentgraph.planner.graph import GraphModel
@@ -48,6 +49,7 @@ MIP_REL_GAP = 1e-4  # 'optimal': no plan is more than 0.01% cheaper (the README 
 SLACK_TOL = 1e-9  # keep configurations that meet the SLA only up to rounding
 FIX_TOL = 1e-7  # reduced-cost fixing keeps a configuration within this (relative) of the gap
 IMPROVE_PASSES = 8  # bound on the start heuristic's passes over the steps
+ENGINES = ("highs", "branch")  # raced; the first to prove its plan stops the other
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,13 @@ def solve(
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
     start: Mapping[str, Config] | None = None,
+    engines: Sequence[str] = ENGINES,
 ) -> MilpResult:
     """``start``: a configuration per step to try first (the running plan when re-planning);
-    used only when it is feasible here."""
+    used only when it is feasible here. ``engines``: the exact searches raced ("highs",
+    "branch"); tests run each alone."""
     joint = solve_joint([(graph, options)], snapshot, time_limit,
-                        None if start is None else [start])
+                        None if start is None else [start], engines)
     return MilpResult(None if joint.selections is None else joint.selections[0], joint.status,
                       joint.seconds, joint.variables, joint.rows, joint.gap, joint.stats)
 
@@ -138,6 +142,7 @@ def solve_joint(
     snapshot: ClusterSnapshot,
     time_limit: float = 60.0,
     starts: Sequence[Mapping[str, Config] | None] | None = None,
+    engines: Sequence[str] = ENGINES,
 ) -> JointResult:
     """Several graphs on the same pools, in one MILP: each graph its own configuration rows and
     its own SLA rows, the pools' capacity rows summed over all of them; the objective is the
@@ -168,7 +173,7 @@ def solve_joint(
         b.row(pool_use[key], -INF, limit)
     configurations = sum(len(so.configs) for _, options in graphs for so in options.values())
     run = _Run(b, problems, limits, scale, started, configurations)
-    picked, status, gap = run.solve(time_limit, starts)
+    picked, status, gap = run.solve(time_limit, starts, engines)
     selections = None if picked is None else [
         {(name, phase): o for name, c in one.items() for phase, o in c.parts} for one in picked]
     return JointResult(selections, status, time.perf_counter() - started, len(b.cost),
@@ -314,7 +319,8 @@ class _Run:
         return lp
 
     def solve(
-        self, time_limit: float, starts: Sequence[Mapping[str, Config] | None] | None
+        self, time_limit: float, starts: Sequence[Mapping[str, Config] | None] | None,
+        engines: Sequence[str],
     ) -> tuple[list[dict[str, Config]] | None, str, float | None]:
         t = time.perf_counter()
         relaxed = self._relaxation(time_limit)
@@ -331,7 +337,7 @@ class _Run:
                 upper = self._fix(upper, reduced, start)
         self.seconds["start"] = time.perf_counter() - t
         t = time.perf_counter()
-        answer = self._milp(upper, start, max(time_limit - (t - self.started), 1e-6))
+        answer = self._milp(upper, start, max(time_limit - (t - self.started), 1e-6), engines)
         self.seconds["milp"] = time.perf_counter() - t
         return answer
 
@@ -390,6 +396,13 @@ class _Run:
         return all(used.get(key, 0.0) <= limit * (1 + SLACK_TOL) + 1e-9
                    for key, limit in self.limits.items())
 
+    def _columns_of(self, picks: Sequence[Mapping[str, Config]]) -> set[int]:
+        """The column of each step's pick (steps alike may share configuration objects, so
+        the match is made within each step's own columns)."""
+        return {next(col for col, c in cols if c is pick[name])
+                for p, pick in zip(self.problems, picks, strict=True)
+                for name, cols in p.columns.items()}
+
     def _fix(self, upper: np.ndarray, reduced: np.ndarray,
              start: Sequence[Mapping[str, Config]]) -> np.ndarray:
         """Reduced-cost fixing: with an optimal LP dual, any plan using column j costs at least
@@ -398,13 +411,13 @@ class _Run:
         assert self.lp_bound is not None and self.start_value is not None
         gap = (self.start_value - self.lp_bound) / self.scale
         slack = gap + FIX_TOL * max(1.0, abs(self.start_value / self.scale))
-        chosen = {id(c) for pick in start for c in pick.values()}
+        chosen = self._columns_of(start)
         kept = 0
         for problem in self.problems:
             for cols in problem.columns.values():
                 left = 0
-                for col, c in cols:
-                    if reduced[col] > slack and id(c) not in chosen:
+                for col, _ in cols:
+                    if reduced[col] > slack and col not in chosen:
                         upper[col] = 0.0
                     else:
                         left += 1
@@ -415,8 +428,59 @@ class _Run:
 
     def _milp(
         self, upper: np.ndarray, start: Sequence[Mapping[str, Config]] | None,
-        time_limit: float,
+        time_limit: float, engines: Sequence[str],
     ) -> tuple[list[dict[str, Config]] | None, str, float | None]:
+        """Race HiGHS's branch and bound (in a thread: it releases the GIL) against ours
+        (``branch``, here); the first to prove its plan within the gap stops the other. Both
+        are exact, so the answer is the cheaper plan, and the higher of their two lower bounds
+        bounds it."""
+        stop = threading.Event()
+        deadline = time.perf_counter() + time_limit
+        chosen = None if start is None else self._columns_of(start)
+        ours: list[branch.Answer] = []
+        theirs: list[_HighsAnswer] = []
+        worker = None
+        if "highs" in engines:
+            highs = self._highs_milp(upper, time_limit, stop)
+            worker = threading.Thread(target=lambda: theirs.append(_finish(highs, stop)),
+                                      name="highs", daemon=True)
+            worker.start()
+        if "branch" in engines:
+            ours.append(self._branch(upper, chosen, deadline, stop))
+            if ours[0].proven:
+                stop.set()
+        if worker is not None:
+            worker.join()
+        self.nodes = sum(a.nodes for a in ours) + sum(a.nodes for a in theirs)
+        plans: list[tuple[float, np.ndarray]] = []
+        bound = -INF
+        infeasible = False
+        for a in theirs:
+            infeasible |= a.infeasible
+            bound = max(bound, a.bound)
+            if a.x is not None:
+                plans.append((float(self.cost @ a.x), a.x))
+        for b_ in ours:
+            bound = max(bound, b_.bound)
+            if b_.chosen is not None:
+                x = np.zeros(self.n)
+                x[b_.chosen] = 1.0
+                plans.append((b_.value, x))
+            elif not np.isfinite(b_.bound):
+                infeasible = True
+        if not plans:
+            return None, "infeasible" if infeasible else "no solution (time limit)", None
+        value, x = min(plans, key=lambda p: p[0])
+        picked = [{name: max(cols_, key=lambda cc: x[cc[0]])[1]
+                   for name, cols_ in p.columns.items()} for p in self.problems]
+        gap = max((value - bound) / max(abs(value), 1e-12), 0.0) if np.isfinite(bound) else None
+        if gap is not None and gap <= MIP_REL_GAP * (1 + 1e-9):
+            return picked, "optimal", gap
+        within = f": within {gap:.3%} of the lower bound" if gap is not None else ""
+        return picked, f"time limit{within}", gap
+
+    def _highs_milp(self, upper: np.ndarray, time_limit: float,
+                    stop: threading.Event) -> highspy.Highs:
         h = _highs()
         for key, value in (("time_limit", float(time_limit)), ("mip_rel_gap", MIP_REL_GAP),
                            ("presolve", "on")):
@@ -426,31 +490,37 @@ class _Run:
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in self.integer]
         h.passModel(lp)
-        if start is not None:
-            chosen = {id(c) for pick in start for c in pick.values()}
-            cols = np.array([col for p in self.problems for cols in p.columns.values()
-                             for col, _ in cols], dtype=np.int32)
-            values = np.array([1.0 if id(c) in chosen else 0.0 for p in self.problems
-                               for cols in p.columns.values() for _, c in cols])
-            h.setSolution(len(cols), cols, values)
-        h.run()
-        info = h.getInfo()
-        self.nodes = int(info.mip_node_count)
-        status = h.getModelStatus()
-        if status == highspy.HighsModelStatus.kInfeasible:
-            return None, "infeasible", None
-        if info.primal_solution_status != 2:  # no feasible solution
-            return None, f"no solution ({h.modelStatusToString(status)})", None
-        x = np.array(h.getSolution().col_value)
-        picked = [{name: max(cols, key=lambda cc: x[cc[0]])[1]
-                   for name, cols in p.columns.items()} for p in self.problems]
-        gap = float(info.mip_gap) if math.isfinite(info.mip_gap) else None
-        if gap is not None:
-            gap = max(gap, 0.0)
-        if status == highspy.HighsModelStatus.kOptimal:
-            return picked, "optimal", gap
-        bound = f": within {gap:.3%} of the lower bound" if gap is not None else ""
-        return picked, f"time limit{bound}", gap
+        lp.integrality_ = []
+        # No setSolution: with a partial start (the binaries only), HiGHS 1.16 returned the
+        # start as its solution with an objective and bound below the LP relaxation's. The
+        # start still serves, through reduced-cost fixing and as our own search's incumbent.
+
+        def interrupt(event: Any) -> None:
+            if stop.is_set():
+                event.interrupt()
+
+        h.cbMipInterrupt += interrupt
+        return h
+
+    def _branch(self, upper: np.ndarray, given: set[int] | None, deadline: float,
+                stop: threading.Event) -> branch.Answer:
+        groups = []
+        for p in self.problems:
+            for cols in p.columns.values():
+                kept = sorted(((c.latency, c.objective, col) for col, c in cols
+                               if upper[col] > 0), key=lambda t: (t[0], t[1]))
+                groups.append(branch.Group(np.array([t[2] for t in kept], dtype=np.int64),
+                                           np.array([t[0] for t in kept])))
+        h = _highs()
+        lp = self.lp
+        lp.col_upper_ = _inf(upper)
+        h.passModel(lp)
+        incumbent = None
+        if given is not None:  # its columns are never fixed away
+            chosen = np.array([next(c for c in g.columns if c in given) for g in groups])
+            incumbent = (chosen, float(self.cost[chosen].sum()))
+        return branch.search(h, groups, self.cost, upper, incumbent, rounding=not self.limits,
+                             gap=MIP_REL_GAP, deadline=deadline, stop=stop)
 
     def stats(self) -> Stats:
         after = sum(len(cols) for p in self.problems for cols in p.columns.values())
@@ -527,3 +597,31 @@ def _room_for(c: Config, here: Config, limits: Mapping[str, float],
         delta[key] = delta.get(key, 0.0) - units
     return all(used.get(key, 0.0) + d <= limits[key] * (1 + SLACK_TOL) + 1e-9
                for key, d in delta.items() if key in limits and d > 0)
+
+
+@dataclass(frozen=True)
+class _HighsAnswer:
+    x: np.ndarray | None  # its best plan's columns; None: none found
+    bound: float  # its proven lower bound (scaled objective)
+    infeasible: bool
+    nodes: int
+
+
+def _finish(h: highspy.Highs, stop: threading.Event) -> _HighsAnswer:
+    """Run HiGHS to its end (proven, out of time, or interrupted) and tell the other engine."""
+    h.run()
+    stop.set()
+    info = h.getInfo()
+    status = h.getModelStatus()
+    x = np.array(h.getSolution().col_value) if info.primal_solution_status == 2 else None
+    bound = float(info.mip_dual_bound)
+    if x is not None and not math.isclose(float(np.array(h.getLp().col_cost_) @ x),
+                                          float(info.objective_function_value),
+                                          rel_tol=1e-7, abs_tol=1e-9):
+        bound = -INF  # its figures disagree with its own solution: trust neither bound nor status
+        return _HighsAnswer(x, bound, False, int(info.mip_node_count))
+    if status == highspy.HighsModelStatus.kOptimal and x is not None:
+        bound = max(bound, float(info.objective_function_value) * (1 - MIP_REL_GAP))
+    return _HighsAnswer(x, bound if math.isfinite(bound) else -INF,
+                        status == highspy.HighsModelStatus.kInfeasible,
+                        int(info.mip_node_count))
