@@ -12,7 +12,9 @@ queue orders children by their own bound. At every node:
 - reduced-cost fixing: a configuration whose reduced cost exceeds the gap between the
   incumbent and the node's bound is in no cheaper plan below this node.
 The search stops when the best open bound is within the relative gap of the incumbent (proven),
-at the deadline, or when told to (the other engine finished first).
+at the deadline, when told to (the other engine finished first), or when its open nodes would
+take more than ``OPEN_BYTES`` (each keeps its LP solution and reduced costs): it is the fast
+engine for small trees, and leaves big ones to HiGHS.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 FRACTIONAL = 1e-6  # a group is integral when one column is within this of 1
 SUPPORT = 1e-9  # a column is used by the LP solution above this
+OPEN_BYTES = 64 * 2**20  # the open nodes' memory; past it this search yields (HiGHS goes on)
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,11 @@ def search(
         bound = -np.inf if lost else np.inf
         return Answer(best, value, bound if best is None else min(bound, value), False, 0)
     queue = [root]
-    while queue and not stop.is_set() and time.perf_counter() < deadline:
+    held = _bytes(root)
+    while (queue and not stop.is_set() and time.perf_counter() < deadline
+           and held <= OPEN_BYTES):
         node = heapq.heappop(queue)
+        held -= _bytes(node)
         if node.bound >= cutoff():
             queue = [node]
             break
@@ -144,8 +150,13 @@ def search(
             found_node = solve(intervals, fixed)
             if found_node is not None and found_node.bound < cutoff():
                 heapq.heappush(queue, found_node)
+                held += _bytes(found_node)
     bound = min([value, *(n.bound for n in queue)]) if queue else value
     if lost:
         bound = -np.inf
     proven = best is not None and not lost and (not queue or bound >= value * (1 - gap))
     return Answer(best, value, bound, proven, nodes)
+
+
+def _bytes(node: _Node) -> int:
+    return node.x.nbytes + node.reduced.nbytes + 64 * len(node.fixed)
