@@ -151,7 +151,8 @@ def search(
             if found_node is not None and found_node.bound < cutoff():
                 heapq.heappush(queue, found_node)
                 held += _bytes(found_node)
-    bound = min([value, *(n.bound for n in queue)]) if queue else value
+    # Pruning and fixing keep only what could beat the cutoff, so below it nothing is known.
+    bound = min([cutoff(), *(n.bound for n in queue)])
     if lost:
         bound = -np.inf
     proven = best is not None and not lost and (not queue or bound >= value * (1 - gap))
