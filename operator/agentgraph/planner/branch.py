@@ -92,6 +92,11 @@ def search(
                                bounds[columns])
         highs.run()
         status = highs.getModelStatus()
+        if status not in (highspy.HighsModelStatus.kOptimal,
+                          highspy.HighsModelStatus.kInfeasible):
+            highs.clearSolver()  # warm starts now and then end "unknown": solve it afresh
+            highs.run()
+            status = highs.getModelStatus()
         if status != highspy.HighsModelStatus.kOptimal:
             if status != highspy.HighsModelStatus.kInfeasible:
                 nonlocal lost  # the LP failed: nothing below it is proven, so nothing is
