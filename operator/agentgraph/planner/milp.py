@@ -495,9 +495,10 @@ class _Run:
                            for i in self.integer]
         h.passModel(lp)
         lp.integrality_ = []
-        # No setSolution: with a partial start (the binaries only), HiGHS 1.16 returned the
-        # start as its solution with an objective and bound below the LP relaxation's. The
-        # start still serves, through reduced-cost fixing and as our own search's incumbent.
+        # No setSolution: given a start, partial (the binaries) or complete (finish times
+        # too), HiGHS 1.16 returned the start as its solution, with an objective and a bound
+        # below the LP relaxation's. The start still serves, through reduced-cost fixing and
+        # as our own search's incumbent.
 
         def interrupt(event: Any) -> None:
             if stop.is_set():
