@@ -53,6 +53,8 @@ ENGINES = ("highs", "branch")  # raced; the first to prove its plan stops the ot
 # Our search joins the race only for models this small (after fixing): on bigger ones it rarely
 # wins and takes a core from HiGHS's two threads (measured: 200 and 500 steps got slower).
 RACE_COLUMNS = 1200
+NEIGHBOURHOOD_SECONDS = 2.0  # at most this (and a tenth of the time limit) for the RENS start
+SUPPORT = 1e-9  # a column is used by an LP solution above this
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,7 @@ class _Run:
         upper = self.upper.copy()
         if isinstance(relaxed, tuple):  # None: no LP optimum in time; the MILP goes on without
             x, reduced = relaxed
-            start = self._start(x, starts)
+            start = self._start(x, starts, min(NEIGHBOURHOOD_SECONDS, time_limit / 10))
             if start is not None:
                 upper = self._fix(upper, reduced, start)
         self.seconds["start"] = time.perf_counter() - t
@@ -359,29 +361,71 @@ class _Run:
         return np.array(solution.col_value), np.array(solution.col_dual)
 
     def _start(
-        self, x: np.ndarray, starts: Sequence[Mapping[str, Config] | None] | None
+        self, x: np.ndarray, starts: Sequence[Mapping[str, Config] | None] | None,
+        time_limit: float,
     ) -> list[dict[str, Config]] | None:
-        """A feasible plan to begin from: the given one where it is feasible, else the LP's
-        solution with every step at the fastest configuration it uses (durations only shrink,
-        so every latency row still holds), then each step moved to its cheapest configuration
-        that still fits its room. None when it breaks a capacity row."""
-        picks: list[dict[str, Config]] = []
-        given = 0
-        for i, problem in enumerate(self.problems):
-            wanted = None if starts is None else starts[i]
-            pick = None if wanted is None else _known(problem, wanted)
-            if pick is not None and _meets_sla(problem.graph, pick):
-                given += 1
-            else:
-                pick = {name: min((c for col, c in cols if x[col] > 1e-9),
-                                  key=lambda c: (c.latency, c.objective),
-                                  default=min((c for _, c in cols), key=lambda c: c.latency))
-                        for name, cols in problem.columns.items()}
-            picks.append(_improve(problem, pick, self.limits, self._usage(picks, pick)))
-        if not self._within_capacity(picks):
+        """A feasible plan to begin from, the cheapest of these, each then improved step by
+        step (``_improve``):
+        - the given one (the running plan), where it is feasible;
+        - the LP's solution with every step at the fastest configuration it uses: durations
+          only shrink, so every latency row still holds;
+        - the MILP over only the configurations the LP solution uses (RENS): few steps are
+          fractional, so it is small and solves in tens of milliseconds at 500 steps.
+        None when none of them fits the pools' capacity."""
+        found: list[tuple[float, str, list[dict[str, Config]]]] = []
+        if starts is not None:
+            given = [None if wanted is None else _known(problem, wanted)
+                     for problem, wanted in zip(self.problems, starts, strict=True)]
+            if all(pick is not None and _meets_sla(problem.graph, pick)
+                   for problem, pick in zip(self.problems, given, strict=True)):
+                found.append(self._improved([p for p in given if p is not None],
+                                            "running plan"))
+        rounded = [{name: min((c for col, c in cols if x[col] > SUPPORT),
+                              key=lambda c: (c.latency, c.objective),
+                              default=min((c for _, c in cols), key=lambda c: c.latency))
+                    for name, cols in problem.columns.items()} for problem in self.problems]
+        found.append(self._improved(rounded, "heuristic"))
+        near = self._neighbourhood(x, time_limit)
+        if near is not None:
+            found.append(self._improved(near, "heuristic"))
+        found = [f for f in found if self._within_capacity(f[2])]
+        if not found:
             return None
-        self.start_from = "running plan" if given == len(self.problems) else "heuristic"
-        self.start_value = sum(c.objective for pick in picks for c in pick.values())
+        value, origin, picks = min(found, key=lambda f: f[0])  # ties: the running plan
+        self.start_from, self.start_value = origin, value
+        return picks
+
+    def _improved(self, picks: list[dict[str, Config]], origin: str
+                  ) -> tuple[float, str, list[dict[str, Config]]]:
+        out: list[dict[str, Config]] = []
+        for problem, pick in zip(self.problems, picks, strict=True):
+            mine = dict(pick)
+            out.append(_improve(problem, mine, self.limits, self._usage(out, mine)))
+        return sum(c.objective for pick in out for c in pick.values()), origin, out
+
+    def _neighbourhood(self, x: np.ndarray, time_limit: float) -> list[dict[str, Config]] | None:
+        """The MILP restricted to the LP solution's support; None without a plan in time."""
+        upper = self.upper.copy()
+        upper[self.integer & (x <= SUPPORT)] = 0.0
+        h = _highs()
+        for key, value in (("time_limit", float(time_limit)), ("mip_rel_gap", MIP_REL_GAP)):
+            h.setOptionValue(key, value)
+        lp = self.lp
+        lp.col_upper_ = _inf(upper)
+        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                           for i in self.integer]
+        h.passModel(lp)
+        lp.integrality_ = []
+        h.run()
+        if h.getInfo().primal_solution_status != 2:
+            return None
+        y = np.array(h.getSolution().col_value)
+        picks = [{name: max(cols, key=lambda cc: y[cc[0]])[1]
+                  for name, cols in p.columns.items()} for p in self.problems]
+        # Checked, not trusted: the fixing that follows is exact only from a feasible plan.
+        if not all(_meets_sla(p.graph, pick) for p, pick in zip(self.problems, picks,
+                                                                  strict=True)):
+            return None
         return picks
 
     def _usage(self, done: Sequence[Mapping[str, Config]],
