@@ -384,7 +384,9 @@ class _Run:
                               key=lambda c: (c.latency, c.objective),
                               default=min((c for _, c in cols), key=lambda c: c.latency))
                     for name, cols in problem.columns.items()} for problem in self.problems]
-        found.append(self._improved(rounded, "heuristic"))
+        if all(_meets_sla(p.graph, pick) for p, pick in zip(self.problems, rounded,
+                                                              strict=True)):
+            found.append(self._improved(rounded, "heuristic"))  # (checked: LP tolerances)
         near = self._neighbourhood(x, time_limit)
         if near is not None:
             found.append(self._improved(near, "heuristic"))
@@ -501,6 +503,10 @@ class _Run:
             worker.join()
         self.nodes = sum(a.nodes for a in ours) + sum(a.nodes for a in theirs)
         plans: list[tuple[float, np.ndarray]] = []
+        if chosen is not None:  # the first plan is feasible (checked): never answer worse
+            x = np.zeros(self.n)
+            x[list(chosen)] = 1.0
+            plans.append((float(self.cost @ x), x))
         bound = -INF
         infeasible = False
         for a in theirs:
