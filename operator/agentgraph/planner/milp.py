@@ -409,15 +409,7 @@ class _Run:
         """The MILP restricted to the LP solution's support; None without a plan in time."""
         upper = self.upper.copy()
         upper[self.integer & (x <= SUPPORT)] = 0.0
-        h = _highs()
-        for key, value in (("time_limit", float(time_limit)), ("mip_rel_gap", MIP_REL_GAP)):
-            h.setOptionValue(key, value)
-        lp = self.lp
-        lp.col_upper_ = _inf(upper)
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in self.integer]
-        h.passModel(lp)
-        lp.integrality_ = []
+        h = self._mip(upper, time_limit)
         h.run()
         if h.getInfo().primal_solution_status != 2:
             return None
@@ -533,18 +525,22 @@ class _Run:
         within = f": within {gap:.3%} of the lower bound" if gap is not None else ""
         return picked, f"time limit{within}", gap
 
-    def _highs_milp(self, upper: np.ndarray, time_limit: float,
-                    stop: threading.Event) -> highspy.Highs:
+    def _mip(self, upper: np.ndarray, time_limit: float) -> highspy.Highs:
+        """A HiGHS holding the MILP with these column bounds, not yet run."""
         h = _highs()
-        for key, value in (("time_limit", float(time_limit)), ("mip_rel_gap", MIP_REL_GAP),
-                           ("presolve", "on")):
-            h.setOptionValue(key, value)
+        h.setOptionValue("time_limit", float(time_limit))
+        h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
         lp = self.lp
         lp.col_upper_ = _inf(upper)
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in self.integer]
         h.passModel(lp)
-        lp.integrality_ = []
+        lp.integrality_ = []  # the LP is shared with the relaxations
+        return h
+
+    def _highs_milp(self, upper: np.ndarray, time_limit: float,
+                    stop: threading.Event) -> highspy.Highs:
+        h = self._mip(upper, time_limit)
         # No setSolution: given a start, partial (the binaries) or complete (finish times
         # too), HiGHS 1.16 returned the start as its solution, with an objective and a bound
         # below the LP relaxation's. The start still serves, through reduced-cost fixing and
