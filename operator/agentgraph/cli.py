@@ -178,11 +178,11 @@ def print_stats(stats: SolveStats, out: Console) -> None:
     sizes = Table("model", "configurations", title="solver model (--stats)")
     sizes.add_row("candidates (Pareto-pruned)", str(stats.configurations))
     sizes.add_row("after the latency bounds and slack fixing", str(stats.after_bounds))
-    sizes.add_row("after reduced-cost fixing (given to HiGHS)", str(stats.after_fixing))
+    sizes.add_row("after reduced-cost fixing (what the searches get)", str(stats.after_fixing))
     out.print(sizes)
     lp = "-" if stats.lp_bound is None else f"{stats.lp_bound:.6g}"
     start = "-" if stats.start is None else f"{stats.start:.6g}"
-    out.print(f"{stats.rows} rows, {stats.steps_fixed} steps fixed before HiGHS, "
+    out.print(f"{stats.rows} rows, {stats.steps_fixed} steps fixed before the search, "
               f"LP bound {lp}, first incumbent {start} ({stats.start_from}), "
               f"{stats.nodes} branch-and-bound nodes")
     out.print("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.seconds.items()))

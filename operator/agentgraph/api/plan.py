@@ -79,8 +79,8 @@ class SolveStats(ApiModel):
 
     configurations: int  # every candidate configuration of every step
     after_bounds: int  # left once too-slow ones are dropped and slack steps fixed
-    after_fixing: int  # left by reduced-cost fixing: what HiGHS is given
-    steps_fixed: int  # steps with one configuration left before HiGHS
+    after_fixing: int  # left by reduced-cost fixing: what the searches get
+    steps_fixed: int  # steps with one configuration left before the search
     rows: int
     lp_bound: float | None = None  # the LP relaxation: no plan costs less
     start: float | None = None  # the first incumbent's objective

@@ -63,8 +63,8 @@ class Stats:
 
     configurations: int  # every candidate configuration of every step
     after_bounds: int  # left by the two reductions of ``bounds``
-    after_fixing: int  # left by reduced-cost fixing (what HiGHS is given)
-    steps_fixed: int  # steps with one configuration left before HiGHS
+    after_fixing: int  # left by reduced-cost fixing (what the searches get)
+    steps_fixed: int  # steps with one configuration left before the search
     rows: int
     lp_bound: float | None  # the LP relaxation's objective: no plan costs less
     start: float | None  # the first incumbent's objective; None: there was none
