@@ -75,7 +75,8 @@ class Alternative(ApiModel):
 
 class SolveStats(ApiModel):
     """``agentgraph plan --stats``: the model's size before and after each reduction, and where
-    the time went (seconds by stage: candidates, build, lp, start, milp, evaluate)."""
+    the time went (seconds by stage: build, lp, start, milp, then other (candidates, checks,
+    output) and total)."""
 
     configurations: int  # every candidate configuration of every step
     after_bounds: int  # left once too-slow ones are dropped and slack steps fixed
@@ -85,7 +86,7 @@ class SolveStats(ApiModel):
     lp_bound: float | None = None  # the LP relaxation: no plan costs less
     start: float | None = None  # the first incumbent's objective
     start_from: str  # "running plan", "heuristic" or "none"
-    nodes: int  # HiGHS's branch-and-bound nodes
+    nodes: int  # branch-and-bound nodes, both searches
     seconds: dict[str, float] = Field(default_factory=dict)
 
 

@@ -18,10 +18,11 @@ feasible plan can use and fixes steps whose cheapest configuration is always saf
 
 HiGHS is called through highspy, quietly (nothing on stdout), with the GIL released while it
 runs. Before the MILP, one LP relaxation gives a lower bound and reduced costs; a feasible plan
-(the running one when re-planning, else the LP's rounded-up solution improved step by step)
-gives an upper bound. A configuration whose reduced cost exceeds the gap between the two is in
-no plan cheaper than that feasible one, so it is dropped (reduced-cost fixing, exact), and the
-feasible plan is handed to HiGHS as its first incumbent.
+(the running one when re-planning, the LP's rounded-up solution, or the MILP over the LP's
+support, each improved step by step) gives an upper bound. A configuration whose reduced cost
+exceeds the gap between the two is in no plan cheaper than that feasible one, so it is dropped
+(reduced-cost fixing, exact). Then HiGHS's branch and bound and, on small models, ours
+(``branch``) race on what is left.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import highspy
 import numpy as np
 
+from agentgraph.api.plan import SolveStats
 from agentgraph.planner import bounds, branch
 from agentgraph.planner.candidates import Config, StepOptions
 from agentgraph.planner.evaluate import Selection
@@ -58,22 +60,6 @@ SUPPORT = 1e-9  # a column is used by an LP solution above this
 
 
 @dataclass(frozen=True)
-class Stats:
-    """Where a solve's time went and how far each reduction shrank the model."""
-
-    configurations: int  # every candidate configuration of every step
-    after_bounds: int  # left by the two reductions of ``bounds``
-    after_fixing: int  # left by reduced-cost fixing (what the searches get)
-    steps_fixed: int  # steps with one configuration left before the search
-    rows: int
-    lp_bound: float | None  # the LP relaxation's objective: no plan costs less
-    start: float | None  # the first incumbent's objective; None: there was none
-    start_from: str  # "running plan", "heuristic" or "none"
-    nodes: int  # HiGHS's branch-and-bound nodes
-    seconds: dict[str, float] = field(default_factory=dict)  # build, lp, start, milp
-
-
-@dataclass(frozen=True)
 class MilpResult:
     selection: Selection | None  # None: infeasible (or no answer in time)
     status: str
@@ -81,7 +67,7 @@ class MilpResult:
     variables: int
     rows: int
     gap: float | None = None  # proven relative gap of the selection; None without one
-    stats: Stats | None = None
+    stats: SolveStats | None = None
 
 
 class _Builder:
@@ -130,7 +116,7 @@ class JointResult:
     variables: int
     rows: int
     gap: float | None = None
-    stats: Stats | None = None
+    stats: SolveStats | None = None
 
 
 @dataclass
@@ -271,7 +257,7 @@ def _inf(values: np.ndarray) -> np.ndarray:
 
 
 class _Run:
-    """One MILP: the LP bound, a first incumbent, reduced-cost fixing, then HiGHS."""
+    """One MILP: the LP bound, a first incumbent, reduced-cost fixing, then the race."""
 
     def __init__(self, b: _Builder, problems: Sequence[_Problem], limits: Mapping[str, float],
                  scale: float, started: float, configurations: int) -> None:
@@ -285,6 +271,8 @@ class _Run:
         self.cost = np.array(b.cost)
         self.integer = np.array(b.integer, dtype=bool)
         self.upper = np.array(b.upper)
+        self.integrality = [highspy.HighsVarType.kInteger if i
+                            else highspy.HighsVarType.kContinuous for i in self.integer]
         self.lp_bound: float | None = None
         self.start_value: float | None = None
         self.start_from = "none"
@@ -384,8 +372,7 @@ class _Run:
                               key=lambda c: (c.latency, c.objective),
                               default=min((c for _, c in cols), key=lambda c: c.latency))
                     for name, cols in problem.columns.items()} for problem in self.problems]
-        if all(_meets_sla(p.graph, pick) for p, pick in zip(self.problems, rounded,
-                                                              strict=True)):
+        if self._meet_sla(rounded):
             found.append(self._improved(rounded, "heuristic"))  # (checked: LP tolerances)
         near = self._neighbourhood(x, time_limit)
         if near is not None:
@@ -402,7 +389,7 @@ class _Run:
         out: list[dict[str, Config]] = []
         for problem, pick in zip(self.problems, picks, strict=True):
             mine = dict(pick)
-            out.append(_improve(problem, mine, self.limits, self._usage(out, mine)))
+            out.append(_improve(problem, mine, self.limits, self._usage([*out, mine])))
         return sum(c.objective for pick in out for c in pick.values()), origin, out
 
     def _neighbourhood(self, x: np.ndarray, time_limit: float) -> list[dict[str, Config]] | None:
@@ -413,19 +400,23 @@ class _Run:
         h.run()
         if h.getInfo().primal_solution_status != 2:
             return None
-        y = np.array(h.getSolution().col_value)
-        picks = [{name: max(cols, key=lambda cc: y[cc[0]])[1]
-                  for name, cols in p.columns.items()} for p in self.problems]
+        picks = self._picks(np.array(h.getSolution().col_value))
         # Checked, not trusted: the fixing that follows is exact only from a feasible plan.
-        if not all(_meets_sla(p.graph, pick) for p, pick in zip(self.problems, picks,
-                                                                  strict=True)):
-            return None
-        return picks
+        return picks if self._meet_sla(picks) else None
 
-    def _usage(self, done: Sequence[Mapping[str, Config]],
-               current: Mapping[str, Config]) -> dict[str, float]:
+    def _picks(self, x: np.ndarray) -> list[dict[str, Config]]:
+        """Per graph, each step's configuration with the largest value in ``x``."""
+        return [{name: max(cols, key=lambda cc: x[cc[0]])[1] for name, cols in p.columns.items()}
+                for p in self.problems]
+
+    def _meet_sla(self, picks: Sequence[Mapping[str, Config]]) -> bool:
+        return all(_meets_sla(p.graph, pick)
+                   for p, pick in zip(self.problems, picks, strict=True))
+
+    def _usage(self, picks: Sequence[Mapping[str, Config]]) -> dict[str, float]:
+        """Units and pods the plans hold in each capacity-limited pool, summed."""
         used: dict[str, float] = {}
-        for pick in [*done, current]:
+        for pick in picks:
             for c in pick.values():
                 for key, units in c.usage:
                     if key in self.limits:
@@ -433,7 +424,7 @@ class _Run:
         return used
 
     def _within_capacity(self, picks: Sequence[Mapping[str, Config]]) -> bool:
-        used = self._usage(picks[:-1], picks[-1]) if picks else {}
+        used = self._usage(picks)
         return all(used.get(key, 0.0) <= limit * (1 + SLACK_TOL) + 1e-9
                    for key, limit in self.limits.items())
 
@@ -517,8 +508,7 @@ class _Run:
         if not plans:
             return None, "infeasible" if infeasible else "no solution (time limit)", None
         value, x = min(plans, key=lambda p: p[0])
-        picked = [{name: max(cols_, key=lambda cc: x[cc[0]])[1]
-                   for name, cols_ in p.columns.items()} for p in self.problems]
+        picked = self._picks(x)
         gap = max((value - bound) / max(abs(value), 1e-12), 0.0) if np.isfinite(bound) else None
         if gap is not None and gap <= MIP_REL_GAP * (1 + 1e-9):
             return picked, "optimal", gap
@@ -532,8 +522,7 @@ class _Run:
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
         lp = self.lp
         lp.col_upper_ = _inf(upper)
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in self.integer]
+        lp.integrality_ = self.integrality
         h.passModel(lp)
         lp.integrality_ = []  # the LP is shared with the relaxations
         return h
@@ -573,11 +562,13 @@ class _Run:
         return branch.search(h, groups, self.cost, upper, incumbent, rounding=not self.limits,
                              gap=MIP_REL_GAP, deadline=deadline, stop=stop)
 
-    def stats(self) -> Stats:
+    def stats(self) -> SolveStats:
         after = sum(len(cols) for p in self.problems for cols in p.columns.values())
-        return Stats(self.configurations, after, self.kept, self.fixed_steps, len(self.b.rows),
-                     self.lp_bound, self.start_value, self.start_from, self.nodes,
-                     dict(self.seconds))
+        return SolveStats(configurations=self.configurations, after_bounds=after,
+                          after_fixing=self.kept, steps_fixed=self.fixed_steps,
+                          rows=len(self.b.rows), lp_bound=self.lp_bound,
+                          start=self.start_value, start_from=self.start_from, nodes=self.nodes,
+                          seconds=dict(self.seconds))
 
 
 def _known(problem: _Problem, wanted: Mapping[str, Config]) -> dict[str, Config] | None:

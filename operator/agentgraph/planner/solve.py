@@ -133,15 +133,11 @@ def plan(
 
 
 def _stats(result: milp.MilpResult, total: float) -> SolveStats:
-    s = result.stats
-    assert s is not None
-    seconds = {k: round(v, 4) for k, v in s.seconds.items()}
+    assert result.stats is not None
+    seconds = {k: round(v, 4) for k, v in result.stats.seconds.items()}
     seconds["other"] = round(max(total - result.seconds, 0.0), 4)  # candidates, checks, render
     seconds["total"] = round(total, 4)
-    return SolveStats(configurations=s.configurations, after_bounds=s.after_bounds,
-                      after_fixing=s.after_fixing, steps_fixed=s.steps_fixed, rows=s.rows,
-                      lp_bound=s.lp_bound, start=s.start, start_from=s.start_from,
-                      nodes=s.nodes, seconds=seconds)
+    return result.stats.model_copy(update={"seconds": seconds})
 
 
 Solved = tuple[dict[str, StepOptions], milp.MilpResult | None]  # None: a slot has no option
