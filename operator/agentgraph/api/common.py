@@ -13,18 +13,27 @@ Name = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=40),
 ]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(gt=0, le=1)]
+# Every number a user writes stays finite and within a range no real graph or device leaves:
+# past it the cost arithmetic overflows (1e308 * 10) or divides by a denormal (1 / 5e-324).
+# The bounds go into the CRD too, so the API server refuses such a number with the field named.
+MAX_NUMBER = 1e9
+MIN_POSITIVE = 1e-9
+MAX_COUNT = 1_000_000_000_000  # integers: vectors in an index, hidden sizes, node counts
+PositiveFloat = Annotated[float, Field(ge=MIN_POSITIVE, le=MAX_NUMBER)]
+NonNegativeFloat = Annotated[float, Field(ge=0, le=MAX_NUMBER)]
+Fraction = Annotated[float, Field(ge=MIN_POSITIVE, le=1)]
 
 
 class ApiModel(BaseModel):
-    """Frozen, camelCase on the wire, unknown fields rejected (a typo must not pass silently)."""
+    """Frozen, camelCase on the wire, unknown fields rejected (a typo must not pass silently),
+    no infinity or NaN."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
 

@@ -6,9 +6,13 @@ additionalProperties: false, bounded lists, and CEL rules where the schema canno
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+from pydantic import AliasChoices
+
 from agentgraph.api import GROUP, VERSION
+from agentgraph.api.common import ApiModel
 from agentgraph.api.graph import KIND_FIELD, AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.status import AgentGraphStatus
@@ -54,6 +58,36 @@ RULES: dict[str, list[Schema]] = {
 LIST_KEYS: dict[tuple[str | None, str], str] = {("AgentGraphSpec", "steps"): "name"}
 
 
+def _models(cls: type[ApiModel] = ApiModel) -> Iterator[type[ApiModel]]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _models(sub)
+
+
+def old_spellings() -> dict[str, dict[str, str]]:
+    """Per model ($defs name): a field's other accepted spellings -> its wire name. The CRD
+    takes them too, so an object written the old way keeps its value (a pruned field would
+    silently fall back to the default)."""
+    out: dict[str, dict[str, str]] = {}
+    for model in _models():
+        for f in model.model_fields.values():
+            if isinstance(f.validation_alias, AliasChoices) and f.alias is not None:
+                for choice in f.validation_alias.choices[1:]:
+                    if isinstance(choice, str):
+                        out.setdefault(model.__name__, {})[choice] = f.alias
+    return out
+
+
+def _with_old_spellings(name: str, schema: Schema) -> Schema:
+    for old, new in old_spellings().get(name, {}).items():
+        schema["properties"][old] = {**schema["properties"][new],
+                                     "description": f"the old spelling of {new}"}
+        schema.setdefault("x-kubernetes-validations", []).append(
+            {"rule": f"!has(self.{old}) || !has(self.{new})",
+             "message": f"give {new} only ({old} is its old spelling)"})
+    return schema
+
+
 def _convert(node: Any, defs: dict[str, Schema], owner: str | None, depth: dict[str, int]) -> Any:
     if isinstance(node, list):
         return [_convert(n, defs, owner, depth) for n in node]
@@ -66,8 +100,8 @@ def _convert(node: Any, defs: dict[str, Schema], owner: str | None, depth: dict[
         inner = _convert(defs[name], defs, name, {**depth, name: depth.get(name, 0) + 1})
         rules = RULES.get(name)
         if rules:
-            inner["x-kubernetes-validations"] = rules
-        return inner
+            inner["x-kubernetes-validations"] = list(rules)
+        return _with_old_spellings(name, inner)
     any_of = node.get("anyOf")
     if any_of is not None:
         kept = [s for s in any_of if s.get("type") != "null"]

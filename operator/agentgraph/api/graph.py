@@ -5,13 +5,29 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, HttpUrl, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, HttpUrl, model_validator
 
-from agentgraph.api.common import ApiModel, Fraction, Name, ObjectMeta, PositiveFloat
+from agentgraph.api.common import (
+    MAX_COUNT,
+    ApiModel,
+    Fraction,
+    Name,
+    NonNegativeFloat,
+    ObjectMeta,
+    PositiveFloat,
+)
 from agentgraph.api.naming import GATEWAY
 
 MAX_STEPS = 512
 DTYPE_BYTES = (0.5, 1.0, 2.0, 4.0)
+
+
+def _memory_gb(default: float) -> float:
+    """``memoryGB``, as HardwareProfile spells it; ``memoryGb``, this field's first spelling,
+    is still read (and accepted by the CRD)."""
+    found: float = Field(default=default, alias="memoryGB",
+                         validation_alias=AliasChoices("memoryGB", "memoryGb"))
+    return found
 
 
 def _dtype_bytes(value: float) -> float:
@@ -59,10 +75,10 @@ class PoolConstraints(ApiModel):
 class ModelShape(ApiModel):
     name: str | None = None
     parameters_billions: PositiveFloat
-    layers: int = Field(ge=1)
-    hidden_size: int = Field(ge=1)
-    heads: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
+    layers: int = Field(ge=1, le=10_000)
+    hidden_size: int = Field(ge=1, le=1_048_576)
+    heads: int = Field(ge=1, le=65_536)
+    kv_heads: int = Field(ge=1, le=65_536)
     dtype_bytes: DtypeBytes = 2.0
 
     @model_validator(mode="after")
@@ -99,9 +115,9 @@ class SmallModelWorkload(ApiModel):
 
     parameters_billions: PositiveFloat
     dtype_bytes: DtypeBytes = 2.0
-    tokens: int | None = Field(default=None, ge=1)  # embedding: tokens embedded per request
+    tokens: int | None = Field(default=None, ge=1, le=1_048_576)  # embedding: per request
     audio_seconds: PositiveFloat | None = None  # STT: audio in; TTS: audio out
-    static_latency_seconds: float = Field(default=0.0, ge=0)
+    static_latency_seconds: NonNegativeFloat = 0.0
 
 
 class ConfigMapKey(ApiModel):
@@ -110,12 +126,12 @@ class ConfigMapKey(ApiModel):
 
 
 class VectorSearchWorkload(ApiModel):
-    vectors: int = Field(ge=1)
+    vectors: int = Field(ge=1, le=MAX_COUNT)
     dimensions: int = Field(ge=1, le=65536)
     bytes_per_element: Literal[1, 2, 4] = 4
     scanned_fraction: Fraction = 0.01  # share of the index an ANN query touches
-    queries_per_request: int = Field(default=1, ge=1)
-    static_latency_seconds: float = Field(default=0.0005, ge=0)
+    queries_per_request: int = Field(default=1, ge=1, le=10_000)
+    static_latency_seconds: NonNegativeFloat = 0.0005
     accelerated: bool = False  # may run on accelerators (GPU index)
     top_k: int = Field(default=3, ge=1, le=100)  # documents a query returns
     # JSON lines {"id", "text"} the worker embeds and indexes at start-up; absent: the corpus
@@ -128,8 +144,8 @@ class ToolWorkload(ApiModel):
 
     latency_seconds: PositiveFloat
     cpu_cores: PositiveFloat = 0.25
-    memory_gb: PositiveFloat = 0.5
-    concurrency: int = Field(default=32, ge=1)
+    memory_gb: PositiveFloat = _memory_gb(0.5)
+    concurrency: int = Field(default=32, ge=1, le=1_000_000)
     # The call the worker makes: the step's inputs go out as JSON, the answer is the step's
     # output. Absent: the worker emulates the call by waiting latencySeconds.
     url: HttpUrl | None = None
@@ -139,7 +155,7 @@ class ToolWorkload(ApiModel):
 class ComputeWorkload(ApiModel):
     core_seconds: PositiveFloat  # CPU time per request
     max_cores: int = Field(default=1, ge=1, le=256)  # how far one request parallelises
-    memory_gb: PositiveFloat = 1.0
+    memory_gb: PositiveFloat = _memory_gb(1.0)
 
 
 class AgentWorkload(ApiModel):
@@ -156,9 +172,9 @@ class TableEntry(ApiModel):
     phase: Literal["run", "prefill", "decode"] = "run"
     latency_seconds: PositiveFloat
     tbt_seconds: PositiveFloat | None = None  # decode only
-    cost_per_request: float | None = Field(default=None, ge=0)
-    cost_per_input_token: float | None = Field(default=None, ge=0)
-    cost_per_output_token: float | None = Field(default=None, ge=0)
+    cost_per_request: NonNegativeFloat | None = None
+    cost_per_input_token: NonNegativeFloat | None = None
+    cost_per_output_token: NonNegativeFloat | None = None
     requests_per_second_per_replica: PositiveFloat | None = None
     tensor_parallel: int = Field(default=1, ge=1, le=72)
 
@@ -166,9 +182,9 @@ class TableEntry(ApiModel):
 class KVTransferEntry(ApiModel):
     from_pool: Name = Field(alias="from")
     to_pool: Name = Field(alias="to")
-    latency_seconds: float = Field(ge=0)
-    cost_per_request: float | None = Field(default=None, ge=0)
-    cost_per_input_token: float | None = Field(default=None, ge=0)
+    latency_seconds: NonNegativeFloat
+    cost_per_request: NonNegativeFloat | None = None
+    cost_per_input_token: NonNegativeFloat | None = None
 
 
 class TableModel(ApiModel):
@@ -254,7 +270,7 @@ class Loop(ApiModel):
 
     name: Name | None = None
     steps: list[Name] = Field(min_length=1, max_length=64)
-    expected_iterations: float = Field(ge=1)
+    expected_iterations: float = Field(ge=1, le=1000)
     max_iterations: int = Field(ge=1, le=1000)
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agentgraph.api.common import ApiModel, Fraction, ObjectMeta, PositiveFloat
+from agentgraph.api.common import ApiModel, Fraction, NonNegativeFloat, ObjectMeta, PositiveFloat
 
 HOURS_PER_YEAR = 8760.0
 
@@ -36,7 +36,7 @@ class Cost(ApiModel):
     purchase_usd: PositiveFloat | None = Field(default=None, alias="purchaseUSD")
     amortisation_years: PositiveFloat = 4.0
     interest_rate: float = Field(default=0.08, ge=0, le=1)
-    power_usd_per_kwh: float = Field(default=0.40, ge=0, alias="powerUSDPerKWh")
+    power_usd_per_kwh: NonNegativeFloat = Field(default=0.40, alias="powerUSDPerKWh")
 
     @model_validator(mode="after")
     def _basis_has_figures(self) -> Cost:
@@ -69,7 +69,7 @@ class PoolSpec(ApiModel):
     devices_per_node: int = Field(default=1, ge=1, le=64)
     # Nodes the planner may use when it plans without a cluster (CLI). In the cluster the
     # operator counts live Nodes instead. None means "as many as the plan needs".
-    nodes: int | None = Field(default=None, ge=0)
+    nodes: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class Efficiency(ApiModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,17 @@ KINDS: dict[str, type[AgentGraph] | type[HardwareProfile]] = {
     "AgentGraph": AgentGraph,
     "HardwareProfile": HardwareProfile,
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, but ``1e9`` is a number, as in YAML 1.2 and in kubectl: PyYAML
+    alone reads an exponent without a dot as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 class LoadError(Exception):
@@ -45,6 +57,8 @@ def validation_lines(prefix: str, error: pydantic.ValidationError) -> list[str]:
     lines = []
     for e in error.errors():
         message = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "int_parsing_size":  # 1e308 for an integer field
+            message = f"{e['input']!r} is far too large for this whole-number field"
         lines.append(f"{prefix}: {field_path(tuple(e['loc']))}: {message}")
     return lines
 
@@ -52,7 +66,7 @@ def validation_lines(prefix: str, error: pydantic.ValidationError) -> list[str]:
 def parse(text: str, source: str) -> Documents:
     """All documents of a (multi-document) YAML text; raises LoadError with every problem."""
     try:
-        raw = [d for d in yaml.safe_load_all(text) if d is not None]
+        raw = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
