@@ -19,9 +19,12 @@ from agentgraph.costs.base import (
     TransferEstimate,
     ceil_replicas,
 )
-from agentgraph.planner.errors import Issue, PlanningError
 from agentgraph.planner.graph import FlatStep, GraphModel
 from agentgraph.planner.snapshot import PODS, ClusterSnapshot
+
+# Kubernetes' tested limit for one cluster's pods: a step needing more replicas than this can
+# never run, whatever the pools (the CLI plans on unbounded pools unless profiles give nodes).
+MAX_REPLICAS = 150_000
 
 
 @dataclass(frozen=True)
@@ -79,36 +82,6 @@ class StepOptions:
     @property
     def is_llm(self) -> bool:
         return "prefill" in self.slots
-
-
-def check_pools(graph: GraphModel, snapshot: ClusterSnapshot) -> None:
-    """Every pool a step names must exist."""
-    known = set(snapshot.names)
-    issues: list[Issue] = []
-    for flat in graph.steps.values():
-        step = flat.step
-        groups: list[tuple[str, PoolConstraints | None]] = [("constraints", step.constraints)]
-        if step.llm is not None:
-            groups += [("llm.prefill", step.llm.prefill), ("llm.decode", step.llm.decode)]
-        for where, c in groups:
-            if c is None:
-                continue
-            for key, names in (("allowedPools", c.allowed_pools),
-                               ("forbiddenPools", c.forbidden_pools),
-                               ("pinnedPool", [c.pinned_pool] if c.pinned_pool else [])):
-                for j, name in enumerate(names):
-                    if name not in known:
-                        suffix = "" if key == "pinnedPool" else f"[{j}]"
-                        issues.append(Issue(f"{flat.path}.{where}.{key}{suffix}",
-                                            f"unknown pool '{name}' "
-                                            f"(known: {', '.join(sorted(known))})"))
-        if step.table is not None:
-            for j, entry in enumerate(step.table.entries):
-                if entry.pool not in known:
-                    issues.append(Issue(f"{flat.path}.table.entries[{j}].pool",
-                                        f"unknown pool '{entry.pool}'"))
-    if issues:
-        raise PlanningError(issues)
 
 
 def _allowed(names: tuple[str, ...], *groups: PoolConstraints | None) -> list[str]:
@@ -195,17 +168,27 @@ def build(
             for pool_name in pools:
                 pool = snapshot.pool(pool_name)
                 found = model.estimate(step, phase, pool, settings)
-                opts.rejected.extend(found.rejected)
+                opts.rejected.extend(f"{phase}: {why}" for why in found.rejected)
                 factor = snapshot.correction(name, phase, pool_name)
+                fewest: int | None = None
                 for est in (found.options if factor == 1.0
                             else [corrected_estimate(e, factor) for e in found.options]):
                     if not fits_one_node(est.units, pool.capacity_block):
                         continue
-                    options.append(_price(est, rate, visits, cap))
+                    priced = _price(est, rate, visits, cap)
+                    if priced.replicas > MAX_REPLICAS:
+                        fewest = min(fewest or priced.replicas, priced.replicas)
+                        continue
+                    options.append(priced)
+                if fewest is not None and not any(o.pool == pool_name for o in options):
+                    opts.rejected.append(
+                        f"{phase}: {pool_name}: needs {fewest:,} replicas at {rate:g} "
+                        f"requests/s, more than a Kubernetes cluster holds ({MAX_REPLICAS:,} "
+                        "pods)")
                 if found.options and all(not fits_one_node(e.units, pool.capacity_block)
                                          for e in found.options):
                     opts.rejected.append(
-                        f"{phase} on {pool_name}: a replica needs at least "
+                        f"{phase}: {pool_name}: a replica needs at least "
                         f"{min(e.units for e in found.options):.4g} units on one node; the "
                         f"most free on any node is {pool.capacity_block:.4g}")
             options = _within_token_limits(opts, phase, options)

@@ -13,15 +13,16 @@ from agentgraph.planner.snapshot import ClusterSnapshot
 
 def empty_slots(graph: GraphModel, options: Mapping[str, StepOptions]) -> list[str]:
     """Steps (phases) no pool can run: the model fits nowhere, or a token limit is out of reach."""
-    reasons = []
+    reasons: list[str] = []
     for name, so in options.items():
         for phase, opts in so.slots.items():
             if opts:
                 continue
-            why = [r for r in so.rejected if r.startswith(f"{phase}:")] or sorted(
-                set(so.rejected)) or ["no pool offers a configuration"]
+            # One line per pool: the list is long on a dozen pools.
+            why = sorted({r.removeprefix(f"{phase}: ") for r in so.rejected
+                          if r.startswith(f"{phase}: ")}) or ["no pool offers a configuration"]
             label = f"{so.step.path} ({name}{'' if phase == 'run' else ' ' + phase})"
-            reasons.append(f"{label}: fits no pool: {'; '.join(why)}")
+            reasons.extend(f"{label}: fits no pool: {w}" for w in why)
         if so.is_llm and all(so.slots.values()) and not so.transfers:
             reasons.append(f"{so.step.path} ({name}): prefill and decode share no pool and no "
                            "KV transfer between their pools is known")

@@ -7,12 +7,12 @@ times. Blocks form a DAG.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
 
-from agentgraph.api.graph import SLA, AgentGraph, Loop, Planning, Step, StepKind
+from agentgraph.api.graph import SLA, AgentGraph, Loop, Planning, PoolConstraints, Step, StepKind
 from agentgraph.planner.errors import Issue, PlanningError
 
 
@@ -278,3 +278,33 @@ def _structure(
         max_visits=max_visits,
         sinks=sinks,
     )
+
+
+def check_pools(graph: GraphModel, pools: Collection[str]) -> None:
+    """Every pool a step names must be one of ``pools``."""
+    known = set(pools)
+    issues: list[Issue] = []
+    for flat in graph.steps.values():
+        step = flat.step
+        groups: list[tuple[str, PoolConstraints | None]] = [("constraints", step.constraints)]
+        if step.llm is not None:
+            groups += [("llm.prefill", step.llm.prefill), ("llm.decode", step.llm.decode)]
+        for where, c in groups:
+            if c is None:
+                continue
+            for key, names in (("allowedPools", c.allowed_pools),
+                               ("forbiddenPools", c.forbidden_pools),
+                               ("pinnedPool", [c.pinned_pool] if c.pinned_pool else [])):
+                for j, name in enumerate(names):
+                    if name not in known:
+                        suffix = "" if key == "pinnedPool" else f"[{j}]"
+                        issues.append(Issue(f"{flat.path}.{where}.{key}{suffix}",
+                                            f"unknown pool '{name}' "
+                                            f"(known: {', '.join(sorted(known))})"))
+        if step.table is not None:
+            for j, entry in enumerate(step.table.entries):
+                if entry.pool not in known:
+                    issues.append(Issue(f"{flat.path}.table.entries[{j}].pool",
+                                        f"unknown pool '{entry.pool}'"))
+    if issues:
+        raise PlanningError(issues)

@@ -94,7 +94,7 @@ def plan_jointly(
                                              capacity_block, corrections=m.corrections)
         try:
             model = graph_model.build(m.graph)
-            candidates.check_pools(model, shot)
+            graph_model.check_pools(model, shot.names)
         except PlanningError as e:
             left_out.append((m.key, "; ".join(str(i) for i in e.issues)))
             continue

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from agentgraph.api.hardware import HardwareProfile
+from agentgraph.api.hardware import CostBasis, HardwareProfile
 from agentgraph.costs.base import CostSettings, Pool
+from agentgraph.planner.errors import Issue, PlanningError
 
 PODS = "/pods"  # a pool's pod slots are capacity key "<pool>/pods"; its units are "<pool>"
 
@@ -66,6 +67,7 @@ class ClusterSnapshot:
         nodes' free pod slots) limits the replicas a pool can take; absent, they are unbounded.
         ``capacity_block`` is the most units free on any one node of a pool: a replica (its
         devices, or its cores) must fit on one node."""
+        _check_prices(profiles, settings)
         pools = []
         for profile in sorted(profiles, key=lambda p: p.name):
             pool = Pool.from_profile(profile, settings)
@@ -80,3 +82,21 @@ class ClusterSnapshot:
             pools.append(replace(pool, capacity_units=capacity, capacity_pods=pods,
                                  capacity_block=block))
         return ClusterSnapshot(tuple(pools), dict(corrections or {}))
+
+
+def _check_prices(profiles: Iterable[HardwareProfile], settings: CostSettings) -> None:
+    """An overridden cost basis needs its figure on every profile (a profile's own basis is
+    checked when it is read)."""
+    basis = settings.cost_basis
+    if basis is None:
+        return
+    field = "hourlyUSD" if basis is CostBasis.HOURLY else "purchaseUSD"
+    missing = [p.name for p in profiles
+               if (p.spec.cost.hourly_usd if basis is CostBasis.HOURLY
+                   else p.spec.cost.purchase_usd) is None]
+    if missing:
+        other = "owned" if basis is CostBasis.HOURLY else "hourly"
+        raise PlanningError([Issue(f"HardwareProfile/{name}: spec.cost.{field}",
+                                   f"missing: the {basis.value} cost basis prices every pool "
+                                   f"by it; add it, leave these pools out, or plan on the "
+                                   f"{other} basis") for name in missing])

@@ -68,7 +68,7 @@ def plan(
                                                  capacity_pods, capacity_block)
     if not snapshot.pools:
         raise PlanningError([Issue("hardwareProfiles", "no HardwareProfile to plan on")])
-    candidates.check_pools(model, snapshot)
+    graph_model.check_pools(model, snapshot.names)
     sla = model.sla.latency_seconds
     penalty = move_cost if current else 0.0
     def solved(shot: ClusterSnapshot) -> Solved:
