@@ -103,8 +103,12 @@ def test_model_that_fits_nowhere() -> None:
     huge = {**LLAMA3_70B, "parametersBillions": 2000}
     plan = solve.plan(make_graph([llm("chat", model=huge)]), POOLS)
     assert not plan.feasible
-    assert any(r.startswith("spec.steps[0] (chat prefill): fits no pool") and "GB" in r
-               for r in plan.reasons), plan.reasons
+    # one line per phase and pool, each naming its pool
+    prefill = [r.removeprefix("spec.steps[0] (chat prefill): fits no pool: ")
+               for r in plan.reasons if "(chat prefill)" in r]
+    assert [r.split(":")[0] for r in prefill] == ["cpu", "gpu"], plan.reasons
+    assert all("prefill needs 4000.3 GB" in r and "decode" not in r for r in prefill)
+    assert len(plan.reasons) == 4
 
 
 def test_unreachable_tbt_says_the_fastest() -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # imported where used: the runtime's commands need none of th
 
 EXIT_INFEASIBLE = 1
 EXIT_INVALID = 2
+MAX_TIME_LIMIT = 86_400.0
 PROFILES_ENV = "AGENTGRAPH_PROFILES"
 
 
@@ -83,10 +84,17 @@ def cmd_validate(args: argparse.Namespace, out: Console) -> int:
     from agentgraph.planner import graph as graph_model
 
     docs = _read(args.file)
+    # Pool names are checked against the profiles when there are any: --profiles, or the
+    # file's own (as plan reads them).
+    profiles = {p.name for p in (load_profiles(args.profiles) if args.profiles else [])}
+    profiles.update(p.name for p in docs.profiles)
     for g in docs.graphs:
         model = graph_model.build(g)
+        if profiles:
+            graph_model.check_pools(model, profiles)
+        checked = f", pools checked against {len(profiles)} profiles" if profiles else ""
         out.print(f"{args.file}: AgentGraph/{g.metadata.name}: ok "
-                  f"({len(model.steps)} steps, {len(model.blocks)} blocks)")
+                  f"({len(model.steps)} steps, {len(model.blocks)} blocks{checked})")
     for p in docs.profiles:
         out.print(f"{args.file}: HardwareProfile/{p.name}: ok")
     return 0
@@ -283,12 +291,36 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
     return report.paper(profiles, Path(args.out), out)
 
 
+def _seconds(text: str) -> float:
+    """A solver time limit: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 < value <= MAX_TIME_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text}: give seconds above 0 and at most "
+                                         f"{MAX_TIME_LIMIT:g}")
+    return value
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("agentgraph")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentgraph", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"agentgraph {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a file of AgentGraphs and HardwareProfiles")
     v.add_argument("file")
+    v.add_argument("--profiles", help="directory of HardwareProfile YAML: check the pool "
+                   "names steps give against them (the file's own profiles count too)")
     v.set_defaults(func=cmd_validate)
     pl = sub.add_parser("plan", help="plan an AgentGraph on hardware profiles")
     pl.add_argument("file")
@@ -299,7 +331,8 @@ def parser() -> argparse.ArgumentParser:
                     help="add binding constraints, next-best alternatives and baselines")
     pl.add_argument("--cost-basis", choices=[b.value for b in CostBasis],
                     help="price every pool on this basis instead of each profile's own")
-    pl.add_argument("--time-limit", type=float, default=60.0, help="solver seconds (default 60)")
+    pl.add_argument("--time-limit", type=_seconds, default=60.0,
+                    help="solver seconds (default 60)")
     pl.add_argument("--stats", action="store_true",
                     help="print the solver model's size before and after each reduction and "
                     "where the time went (in -o json/yaml: solveStats)")
@@ -322,7 +355,8 @@ def parser() -> argparse.ArgumentParser:
                        "and show what $/hour that saves against their first-come plans")
     j.add_argument("--kubeconfig", help="default: $KUBECONFIG, else ~/.kube/config")
     j.add_argument("--output", "-o", choices=["table", "json"], default="table")
-    j.add_argument("--time-limit", type=float, default=60.0, help="solver seconds (default 60)")
+    j.add_argument("--time-limit", type=_seconds, default=60.0,
+                   help="solver seconds (default 60)")
     j.set_defaults(func=cmd_joint)
     sv = sub.add_parser("serve", help="run a graph on this machine, no cluster: its workers "
                         "and gateway on loopback ports")
