@@ -1,5 +1,7 @@
 """Planner behaviour: loops, sub-agents, rates, capacity, constraints, disaggregation."""
 
+from typing import Any
+
 import pytest
 
 from agentgraph.api.graph import AgentGraph
@@ -350,3 +352,43 @@ def test_both_exact_engines_agree_where_the_search_must_branch() -> None:
         assert result.selection is not None and result.status == "optimal"
         started = evaluate(model, options, result.selection, snapshot).objective
         assert started == pytest.approx(costs[("highs",)], rel=2 * milp.MIP_REL_GAP)
+
+
+def _vector_search(name: str, deps: list[str]) -> dict[str, Any]:
+    return {"name": name, "kind": "vector-search", "dependsOn": deps,
+            "vectorSearch": {"vectors": 1_000_000, "dimensions": 768}}  # not accelerated
+
+
+def test_baselines_put_cpu_steps_on_cpu_and_match_a_pinned_plan() -> None:
+    # A CPU-only step makes every "all on one accelerator" plan impossible; the baseline a user
+    # would pick (the LLM on one GPU type, the search and tool on CPU) must still be shown, and
+    # cost what planning it by hand through allowedPools costs.
+    steps = [_vector_search("search", []), llm("answer", deps=["search"]),
+             tool("notify", deps=["answer"])]
+    pools = [make_pool("fast", price=4.0, tflops=900, bandwidth=3300),
+             make_pool("slow", price=1.0, tflops=120, bandwidth=600),
+             make_pool("cpu", cpu=True, price=2.0, memory=512, cores=64)]
+    plan = solve.plan(make_graph(steps, sla=8.0, rate=2.0), pools, with_explanation=True)
+    assert plan.feasible and plan.objective is not None
+    by = {(b.kind, b.pool): b for b in plan.baselines}
+    assert set(by) >= {("accelerator", "fast"), ("accelerator", "slow")}
+    assert ("single-pool", "fast") not in by and ("single-pool", "slow") not in by
+    for gpu in ("fast", "slow"):
+        b = by[("accelerator", gpu)]
+        assert b.feasible and b.objective is not None and b.extra is not None
+        pinned = [
+            {**s, "constraints": {"allowedPools": ["cpu" if s["kind"] != "llm" else gpu]}}
+            for s in steps]
+        by_hand = solve.plan(make_graph(pinned, sla=8.0, rate=2.0), pools)
+        assert by_hand.objective is not None
+        assert b.objective == pytest.approx(by_hand.objective.value, rel=1e-6)
+        assert b.extra == pytest.approx(b.objective - plan.objective.value, rel=1e-6)
+        assert b.extra >= -1e-9  # the plan is never dearer than a restricted one
+
+
+def test_without_cpu_steps_the_accelerator_baseline_is_one_pool() -> None:
+    pools = [make_pool("fast", price=4.0), make_pool("cpu", cpu=True, price=2.0, memory=512)]
+    plan = solve.plan(make_graph([llm("answer")], sla=8.0), pools, with_explanation=True)
+    kinds = {(b.kind, b.pool) for b in plan.baselines}
+    assert ("single-pool", "fast") in kinds
+    assert all(k == "single-pool" for k, _ in kinds)

@@ -171,12 +171,16 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
             at.add_row(alt.step, alt.phase or "", alt.chosen_pool, alt.reason)
         out.print(at)
     if plan.baselines:
-        bt = Table("pool", "feasible", "latency s", plan.objective.name, "note",
-                   title="homogeneous baselines (every step on one pool)")
+        bt = Table("baseline", "feasible", "latency s", plan.objective.name, "this plan saves",
+                   "note", title="baselines: one accelerator type for the accelerated steps "
+                   "(CPU steps on CPU); every step on one pool, where feasible")
         for b in plan.baselines:
-            bt.add_row(b.pool, "yes" if b.feasible else "no",
+            label = f"{b.pool} + CPU" if b.kind == "accelerator" else f"{b.pool} only"
+            saves = (f"{_money(b.extra)} ({b.extra / b.objective:.0%})"
+                     if b.feasible and b.extra is not None and b.objective else "-")
+            bt.add_row(label, "yes" if b.feasible else "no",
                        "-" if b.latency_seconds is None else f"{b.latency_seconds:.4g}",
-                       _money(b.objective), b.reason or "")
+                       _money(b.objective), saves, b.reason or "")
         out.print(bt)
 
 

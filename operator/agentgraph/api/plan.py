@@ -51,12 +51,19 @@ class Constraint(ApiModel):
 
 
 class Baseline(ApiModel):
-    """The cheapest plan that puts every step and phase on one pool."""
+    """A plan a user would pick by hand, planned as cheaply as it can be, to compare with.
+
+    ``accelerator``: every accelerated step (LLM, embedding, speech, an accelerated vector
+    search) on ``pool``, the CPU steps (tools, compute, a CPU vector search) on the CPU pools.
+    ``single-pool``: every step on ``pool``; for a CPU pool, or an accelerator when the graph
+    has CPU steps and a CPU pool, listed only where it is feasible."""
 
     pool: str
+    kind: Literal["accelerator", "single-pool"]
     feasible: bool
     latency_seconds: float | None = None
     objective: float | None = None
+    extra: float | None = None  # objective less the plan's: what this choice costs more
     reason: str | None = None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -118,14 +118,15 @@ def build(
     graph: GraphModel,
     snapshot: ClusterSnapshot,
     settings: CostSettings,
-    only_pool: str | None = None,
+    only_pools: Mapping[str, Collection[str]] | None = None,
     prune: bool = True,
     running: Running | None = None,
     move_cost: float = 0.0,
 ) -> dict[str, StepOptions]:
-    """``running`` and ``move_cost``: a configuration that moves a running step phase to another
-    pool or tensor parallelism is priced ``move_cost`` higher in pruning and in the solve (its
-    Option keeps the true price, which the plan reports)."""
+    """``only_pools``: per step, the pools it may use besides its own constraints (the
+    baselines). ``running`` and ``move_cost``: a configuration that moves a running step phase
+    to another pool or tensor parallelism is priced ``move_cost`` higher in pruning and in the
+    solve (its Option keeps the true price, which the plan reports)."""
     rate = graph.sla.target_requests_per_second
     cap = graph.planning.max_utilisation
     capped = frozenset(snapshot.capacities())
@@ -140,8 +141,10 @@ def build(
         placed = {phase: where for (step_name, phase), where in (running or {}).items()
                   if step_name == name} if move_cost > 0 else {}
         weight = _mover(placed, move_cost) if placed else _one
+        within = None if only_pools is None else sorted(only_pools.get(name, ()))
         key = (step.model_dump_json(exclude={"name", "depends_on", "container"}),
-               graph.visits[name], corrected, tuple(sorted(placed.items())))
+               graph.visits[name], corrected, tuple(sorted(placed.items())),
+               None if within is None else tuple(within))
         if key in memo:
             seen = memo[key]
             result[name] = StepOptions(step=flat, slots=seen.slots, transfers=seen.transfers,
@@ -159,11 +162,11 @@ def build(
             if step.llm is not None:
                 phase_limits = step.llm.prefill if phase == "prefill" else step.llm.decode
             pools = _allowed(snapshot.names, step.constraints, phase_limits)
-            if only_pool is not None:
-                pools = [p for p in pools if p == only_pool]
+            if within is not None:
+                pools = [p for p in pools if p in within]
             if not pools:
                 opts.rejected.append(f"{phase}: no pool allowed by the step's constraints"
-                                     + (f" within pool {only_pool}" if only_pool else ""))
+                                     + (f" within {', '.join(within)}" if within else ""))
             options: list[Option] = []
             for pool_name in pools:
                 pool = snapshot.pool(pool_name)

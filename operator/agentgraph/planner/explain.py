@@ -1,9 +1,12 @@
-"""Why this plan: the cheapest single change per step (phase), and one-pool baselines."""
+"""Why this plan: the cheapest single change per step (phase), and the plans a user would
+pick by hand (one accelerator type; one pool)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
+from agentgraph.api.graph import Step, StepKind
 from agentgraph.api.plan import Alternative, Baseline
 from agentgraph.costs.base import CostSettings
 from agentgraph.planner import candidates, diagnose, milp
@@ -13,30 +16,62 @@ from agentgraph.planner.graph import GraphModel
 from agentgraph.planner.snapshot import ClusterSnapshot
 
 
+def accelerated(step: Step) -> bool:
+    """Whether a user would put the step on an accelerator: not tools, CPU work or a vector
+    search that is not accelerated."""
+    if step.kind is StepKind.VECTOR_SEARCH:
+        return step.vector_search is not None and step.vector_search.accelerated
+    return step.kind not in (StepKind.TOOL, StepKind.COMPUTE)
+
+
 def baselines(
-    model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings, time_limit: float
+    model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings, objective: float,
+    time_limit: float,
 ) -> list[Baseline]:
-    """For each pool, the cheapest plan that puts every step and phase on it; when none meets the
-    limits, the fastest one on it and what it breaks."""
+    """Per accelerator pool, the cheapest plan with every accelerated step on it and the CPU
+    steps on the CPU pools; then, where feasible, every step on one pool. ``objective``: the
+    plan's, for ``extra``."""
+    cpu = [p.name for p in snapshot.pools if p.is_cpu]
+    accel = [p.name for p in snapshot.pools if not p.is_cpu]
+    on_cpu = [name for name, flat in model.steps.items() if not accelerated(flat.step)]
+    # Without CPU steps, or without a CPU pool to put them on, one accelerator type is one pool.
+    mixed = bool(on_cpu and cpu)
     out = []
-    for pool in snapshot.names:
-        options = candidates.build(model, snapshot, settings, only_pool=pool)
-        empty = diagnose.empty_slots(model, options)
-        if empty:
-            out.append(Baseline(pool=pool, feasible=False, reason=empty[0]))
-            continue
-        result = milp.solve(model, options, snapshot, time_limit)
-        if result.selection is not None:
-            ev = evaluate(model, options, result.selection, snapshot)
-            out.append(Baseline(pool=pool, feasible=ev.feasible, latency_seconds=ev.latency,
-                                objective=ev.objective,
-                                reason=None if ev.feasible else "; ".join(ev.violations)))
-            continue
-        ev = evaluate(model, options, diagnose.fastest_selection(options), snapshot)
-        reason = "; ".join(ev.violations) or "no single-pool plan meets every limit at once"
-        out.append(Baseline(pool=pool, feasible=False, latency_seconds=ev.latency,
-                            objective=ev.objective, reason=reason))
+    for pool in accel:
+        if mixed:
+            within = {name: cpu if name in on_cpu else [pool] for name in model.steps}
+            out.append(_baseline(model, snapshot, settings, objective, time_limit, pool,
+                                 "accelerator", within))
+        else:
+            out.append(_baseline(model, snapshot, settings, objective, time_limit, pool,
+                                 "single-pool", {name: [pool] for name in model.steps}))
+    for pool in snapshot.names if mixed else cpu:
+        found = _baseline(model, snapshot, settings, objective, time_limit, pool,
+                          "single-pool", {name: [pool] for name in model.steps})
+        if found.feasible:
+            out.append(found)
     return out
+
+
+def _baseline(model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings,
+              objective: float, time_limit: float, pool: str, kind: Literal[
+                  "accelerator", "single-pool"], within: Mapping[str, list[str]]) -> Baseline:
+    """The cheapest plan with each step on the pools ``within`` gives it; when none meets the
+    limits, the fastest one and what it breaks."""
+    options = candidates.build(model, snapshot, settings, only_pools=within)
+    empty = diagnose.empty_slots(model, options)
+    if empty:
+        return Baseline(pool=pool, kind=kind, feasible=False, reason=empty[0])
+    result = milp.solve(model, options, snapshot, time_limit)
+    if result.selection is not None:
+        ev = evaluate(model, options, result.selection, snapshot)
+        return Baseline(pool=pool, kind=kind, feasible=ev.feasible, latency_seconds=ev.latency,
+                        objective=ev.objective, extra=ev.objective - objective,
+                        reason=None if ev.feasible else "; ".join(ev.violations))
+    ev = evaluate(model, options, diagnose.fastest_selection(options), snapshot)
+    reason = "; ".join(ev.violations) or "no plan of this kind meets every limit at once"
+    return Baseline(pool=pool, kind=kind, feasible=False, latency_seconds=ev.latency,
+                    objective=ev.objective, reason=reason)
 
 
 def alternatives(

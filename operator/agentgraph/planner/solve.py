@@ -124,7 +124,7 @@ def plan(
         return out.model_copy(update={"feasible": False, "reasons": ev.violations})
     if with_explanation:
         out = out.model_copy(update={
-            "baselines": explain.baselines(model, snapshot, settings, time_limit),
+            "baselines": explain.baselines(model, snapshot, settings, ev.objective, time_limit),
             "alternatives": explain.alternatives(model, options, selection, ev, snapshot),
         })
     if with_stats and result.stats is not None:
