@@ -23,8 +23,9 @@ def test_loop_counts_expected_iterations_and_reports_the_worst_case() -> None:
          tool("act", latency=0.3, deps=["think"]), tool("end", latency=0.1, deps=["think"])],
         loops=[{"steps": ["think", "act"], "expectedIterations": 2.5, "maxIterations": 4}])
     plan = solve.plan(graph, [CPU])
-    assert plan.latency_seconds == pytest.approx(0.1 + 2.5 * 0.5 + 0.1)
-    assert plan.worst_case_latency_seconds == pytest.approx(0.1 + 4 * 0.5 + 0.1)
+    # The graph leaves the loop at its head: k visits of think, k - 1 of act.
+    assert plan.latency_seconds == pytest.approx(0.1 + 2.5 * 0.2 + 1.5 * 0.3 + 0.1)
+    assert plan.worst_case_latency_seconds == pytest.approx(0.1 + 4 * 0.2 + 3 * 0.3 + 0.1)
     assert plan.critical_path == ["start", "think", "act", "end"]
 
 
@@ -71,8 +72,10 @@ def test_loop_headed_by_a_sub_agent_keeps_the_agents_own_edges() -> None:
     [loop] = [b.loop for b in model.blocks if b.loop is not None]
     assert loop.body_preds["research.b"] == ("research.a",)
     assert loop.body_preds["research.a"] == ()
+    assert loop.heads == ("research.a",)  # a sub-agent head stands for its entries
     plan = solve.plan(graph, [CPU])
-    assert plan.latency_seconds == pytest.approx(2 * (0.1 + 0.2 + 0.3))
+    # two visits of the head, one of the rest (b, then check): the second pass leaves at a
+    assert plan.latency_seconds == pytest.approx(2 * 0.1 + (0.2 + 0.3))
 
 
 def test_sub_agent_errors_name_the_nested_field() -> None:

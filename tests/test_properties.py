@@ -177,3 +177,114 @@ def test_start_and_reduced_cost_fixing_keep_the_optimum(
         if stats.start is not None:  # a feasible plan: never below the optimum or the LP bound
             assert stats.start >= best * (1 - TOL)
             assert stats.lp_bound is not None and stats.lp_bound <= best * (1 + TOL)
+
+
+@st.composite
+def loop_scenarios(draw: st.DrawFn) -> tuple[AgentGraph, list[HardwareProfile]]:
+    """Steps before a loop of 2-4 steps (head first), the loop, steps after it that hang off
+    any of its steps; integer iterations so the loop can be unrolled."""
+    steps: list[dict[str, Any]] = []
+    def add(name: str, deps: list[str]) -> None:
+        if draw(st.booleans()):
+            steps.append(tool(name, latency=draw(st.sampled_from([0.05, 0.2, 0.7])), deps=deps))
+        else:
+            steps.append(compute(name, core_seconds=draw(st.sampled_from([0.1, 0.8, 2.0])),
+                                 deps=deps, max_cores=4))
+    before = [f"b{i}" for i in range(draw(st.integers(0, 2)))]
+    for i, name in enumerate(before):
+        add(name, draw(st.lists(st.sampled_from(before[:i]), unique=True)) if i else [])
+    rest = [f"r{i}" for i in range(draw(st.integers(1, 3)))]
+    add("h", draw(st.lists(st.sampled_from(before), unique=True)) if before else [])
+    for i, name in enumerate(rest):
+        inside = ["h", *rest[:i]]
+        add(name, draw(st.lists(st.sampled_from(inside), min_size=1, unique=True))
+            + (draw(st.lists(st.sampled_from(before), unique=True, max_size=1)) if before else []))
+    feeding = draw(st.lists(st.sampled_from(rest), min_size=1, unique=True))
+    steps[len(before)]["dependsOn"] = [*steps[len(before)]["dependsOn"], *feeding]
+    members = ["h", *rest]
+    after = [f"a{i}" for i in range(draw(st.integers(0, 2)))]
+    for name in after:
+        add(name, draw(st.lists(st.sampled_from(members + before), min_size=1, unique=True)))
+    expected = draw(st.integers(1, 3))
+    loops = [{"steps": members, "expectedIterations": expected,
+              "maxIterations": draw(st.integers(max(expected, 2), 4))}]
+    pools = [make_pool("cpu", cpu=True, price=1.0, cores=16),
+             make_pool("big", cpu=True, price=draw(st.sampled_from([0.5, 2.0])), cores=64)]
+    graph = make_graph(steps, sla=draw(st.sampled_from([1.0, 3.0, 8.0, 30.0])), loops=loops)
+    return graph, pools
+
+
+def unrolled(graph: AgentGraph, duration: dict[str, float], iterations: int
+             ) -> tuple[float, dict[str, int]]:
+    """The runtime's walk written out as one DAG: iteration i runs the heads together, and all
+    but the last then run the rest of the body; the next iteration waits for all of it. The
+    longest path with networkx, and how often each step runs."""
+    [loop] = graph.spec.loops
+    members = set(loop.steps)
+    deps = {s.name: set(s.depends_on) for s in graph.spec.steps}
+    back = {(u, loop.steps[0]) for u in deps[loop.steps[0]] & members}
+    body = {m: {d for d in deps[m] & members if (d, m) not in back} for m in members}
+    heads = [m for m in loop.steps if not body[m]]
+    rest = [m for m in loop.steps if body[m]]
+    outside = {d for m in members for d in deps[m] - members}
+    g = nx.DiGraph()
+    for i in range(iterations):
+        for h in heads:
+            g.add_node((h, i), w=duration[h])
+            for d in (outside if i == 0 else [(r, i - 1) for r in rest]):
+                g.add_edge(d, (h, i))
+        if i < iterations - 1:
+            for r in rest:
+                g.add_node((r, i), w=duration[r])
+                g.add_edges_from(((h, i), (r, i)) for h in heads)
+                g.add_edges_from(((p, i), (r, i)) for p in body[r] if p in rest)
+    for s in graph.spec.steps:
+        if s.name in members:
+            continue
+        g.add_node(s.name, w=duration[s.name])
+        for d in deps[s.name]:
+            g.add_edges_from([(n, s.name) for n in list(g.nodes) if isinstance(n, tuple)]
+                             if d in members else [(d, s.name)])
+    finish: dict[Any, float] = {}
+    for n in nx.topological_sort(g):
+        finish[n] = max((finish[p] for p in g.predecessors(n)), default=0.0) + g.nodes[n]["w"]
+    runs: dict[str, int] = {}
+    for n in g.nodes:
+        name = n[0] if isinstance(n, tuple) else n
+        runs[name] = runs.get(name, 0) + 1
+    return max(finish.values()), runs
+
+
+@PROPERTY
+@given(loop_scenarios())
+def test_loop_exit_matches_the_unrolled_graph(case: tuple[AgentGraph, list[Any]]) -> None:
+    """Latency at expected and at maximum iterations, and the cheapest plan, equal a brute
+    force over the unrolled DAG: the graph leaves a loop at its heads."""
+    graph, pools = case
+    [loop] = graph.spec.loops
+    model = graph_model.build(graph)
+    snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
+    options = candidates.build(model, snapshot, SMALL, prune=False)
+    slots = [(name, phase) for name, so in options.items() for phase in so.slots]
+    choices = [options[n].slots[p] for n, p in slots]
+    assume(all(choices) and math.prod(len(c) for c in choices) <= 4000)
+    best = math.inf
+    for combo in itertools.product(*choices):
+        selection = dict(zip(slots, combo, strict=True))
+        duration = {n: o.estimate.latency for (n, _), o in selection.items()}
+        latency, runs = unrolled(graph, duration, int(loop.expected_iterations))
+        worst, _ = unrolled(graph, duration, loop.max_iterations)
+        ev = evaluate(model, options, selection, snapshot)
+        assert math.isclose(ev.latency, latency, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(ev.worst_latency, worst, rel_tol=1e-9, abs_tol=1e-12)
+        cost = sum(o.estimate.cost_per_request * runs.get(n, 0) for (n, _), o in selection.items())
+        assert math.isclose(ev.objective, cost, rel_tol=1e-9, abs_tol=1e-15)
+        if latency <= graph.spec.sla.latency_seconds * (1 + 1e-9):
+            best = min(best, cost)
+    plan = solve.plan(graph, pools, SMALL)
+    if math.isinf(best):
+        assert not plan.feasible
+    else:
+        assert plan.feasible, plan.reasons
+        assert plan.objective is not None
+        assert math.isclose(plan.objective.value, best, rel_tol=TOL), (plan.objective.value, best)

@@ -12,9 +12,11 @@ how long may this step take and the graph still meet the SLA?
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
-from agentgraph.planner.graph import Block, GraphModel
+from agentgraph.planner import evaluate
+from agentgraph.planner.graph import Block, GraphModel, LoopBlock
 
 
 def latency_caps(graph: GraphModel, fastest: Mapping[str, float]) -> dict[str, float]:
@@ -39,10 +41,21 @@ def latency_caps(graph: GraphModel, fastest: Mapping[str, float]) -> dict[str, f
             assert b.step is not None
             caps[b.step] = room
             continue
-        body_room = room / b.loop.expected
-        body_head, body_tail = _body_head_tail(b.loop.body_preds, fastest)
-        for step in b.loop.steps:
-            caps[step] = body_room - body_head[step] - body_tail[step]
+        caps.update(_loop_caps(b.loop, fastest, room))
+    return caps
+
+
+def _loop_caps(loop: LoopBlock, fastest: Mapping[str, float], room: float) -> dict[str, float]:
+    """The loop takes E * H + (E - 1) * R (evaluate.loop_length): a head may take what leaves
+    the rest its time, a rest step what leaves the heads theirs (all of it when E is 1: the
+    rest then never runs at the expected count)."""
+    e = loop.expected
+    heads = max(fastest[h] for h in loop.heads)
+    before, after = _rest_head_tail(loop, fastest)
+    rest = max((before[s] + fastest[s] for s in loop.rest), default=0.0)
+    caps = dict.fromkeys(loop.heads, (room - (e - 1) * rest) / e)
+    for s in loop.rest:
+        caps[s] = ((room - e * heads) / (e - 1) - before[s] - after[s]) if e > 1 else math.inf
     return caps
 
 
@@ -50,25 +63,25 @@ def _block_length(block: Block, fastest: Mapping[str, float]) -> float:
     if block.loop is None:
         assert block.step is not None
         return fastest[block.step]
-    body_head, _ = _body_head_tail(block.loop.body_preds, fastest)
-    return block.loop.expected * max(body_head[s] + fastest[s] for s in block.loop.steps)
+    return evaluate.loop_length(block.loop, fastest)[0]
 
 
-def _body_head_tail(
-    body_preds: Mapping[str, tuple[str, ...]], fastest: Mapping[str, float]
+def _rest_head_tail(
+    loop: LoopBlock, fastest: Mapping[str, float]
 ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per rest step, the longest rest path before it and after it."""
     order: list[str] = []
-    pending = list(body_preds)
+    pending = list(loop.rest)
     while pending:  # the body is a DAG (checked by graph.build)
-        ready = next(s for s in pending if all(p in order for p in body_preds[s]))
+        ready = next(s for s in pending if all(p in order for p in loop.rest_preds(s)))
         order.append(ready)
         pending.remove(ready)
     head: dict[str, float] = {}
     for s in order:
-        head[s] = max((head[p] + fastest[p] for p in body_preds[s]), default=0.0)
+        head[s] = max((head[p] + fastest[p] for p in loop.rest_preds(s)), default=0.0)
     successors: dict[str, list[str]] = {s: [] for s in order}
     for s in order:
-        for p in body_preds[s]:
+        for p in loop.rest_preds(s):
             successors[p].append(s)
     tail: dict[str, float] = {}
     for s in reversed(order):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from agentgraph.costs.base import Phase
 from agentgraph.planner.candidates import Option, StepOptions, Transfer, fits_one_node
-from agentgraph.planner.graph import GraphModel
+from agentgraph.planner.graph import GraphModel, LoopBlock
 from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 
 Selection = Mapping[tuple[str, Phase], Option]
@@ -110,10 +110,9 @@ def longest_path(
             if finish[p] > start:
                 start, before = finish[p], path_to[p]
         if block.loop is not None:
-            body, body_path = _body_longest(block.loop.body_preds, durations)
-            times = block.loop.maximum if worst else block.loop.expected
-            finish[block.id] = start + times * body
-            path_to[block.id] = before + body_path
+            length, loop_path = loop_length(block.loop, durations, worst)
+            finish[block.id] = start + length
+            path_to[block.id] = before + loop_path
         else:
             assert block.step is not None
             finish[block.id] = start + durations[block.step]
@@ -122,22 +121,36 @@ def longest_path(
     return finish[end], path_to[end]
 
 
-def _body_longest(
-    body_preds: Mapping[str, tuple[str, ...]], durations: Mapping[str, float]
-) -> tuple[float, list[str]]:
+def loop_length(loop: LoopBlock, durations: Mapping[str, float],
+                worst: bool = False) -> tuple[float, list[str]]:
+    """A loop's time, at expected or maximum iterations: each iteration runs the heads
+    together, and every one but the last then runs the rest of the body, so k visits of the
+    heads take k * H + (k - 1) * R. Also the steps on its critical path."""
+    times = loop.maximum if worst else loop.expected
+    head = max(loop.heads, key=lambda s: (durations[s], s))
+    rest, rest_path = _rest_longest(loop, durations)
+    return (times * durations[head] + (times - 1) * rest,
+            [head, *rest_path] if times > 1 else [head])
+
+
+def _rest_longest(loop: LoopBlock, durations: Mapping[str, float]) -> tuple[float, list[str]]:
+    """The longest path through the rest of the body, which starts once the heads are done."""
     finish: dict[str, float] = {}
     path_to: dict[str, list[str]] = {}
-    pending = list(body_preds)
+    pending = list(loop.rest)
     while pending:  # the body is a DAG (checked by graph.build): each pass settles one step
         for step in pending:
-            if all(p in finish for p in body_preds[step]):
+            preds = loop.rest_preds(step)
+            if all(p in finish for p in preds):
                 start, before = 0.0, []
-                for p in body_preds[step]:
+                for p in preds:
                     if finish[p] > start:
                         start, before = finish[p], path_to[p]
                 finish[step] = start + durations[step]
                 path_to[step] = [*before, step]
                 pending.remove(step)
                 break
+    if not finish:
+        return 0.0, []
     end = max(finish, key=lambda s: (finish[s], s))
     return finish[end], path_to[end]

@@ -1,8 +1,12 @@
 """Flatten sub-agents, check the graph, and derive the timing structure (blocks and loops).
 
-A *block* is what the end-to-end latency is computed over: a single step, or a bounded loop whose
-body (the loop's steps with the back edges into its head removed) repeats ``expectedIterations``
-times. Blocks form a DAG.
+A *block* is what the end-to-end latency is computed over: a single step, or a bounded loop. A
+loop's body is its steps with the back edges into its head removed; the body's sources are its
+*heads* (the head step, or a sub-agent head's entry steps). An iteration runs the heads, and the
+graph leaves the loop right there when they say so (as the gateway does); otherwise the rest of
+the body runs and the next iteration begins. So a loop that runs its heads k times runs the rest
+k - 1 times: ``expectedIterations`` and ``maxIterations`` count the heads' visits. Blocks form a
+DAG.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ class LoopBlock:
     expected: float
     maximum: int
     body_preds: dict[str, tuple[str, ...]]  # inside the body, back edges removed
+    heads: tuple[str, ...] = ()  # the body's sources: what every iteration starts with
+
+    @property
+    def rest(self) -> tuple[str, ...]:
+        """The steps after the heads: they run once fewer than the heads."""
+        return tuple(s for s in self.steps if s not in self.heads)
+
+    def rest_preds(self, step: str) -> tuple[str, ...]:
+        """A rest step's predecessors among the rest (the heads are done when the rest starts)."""
+        return tuple(p for p in self.body_preds[step] if p not in self.heads)
 
 
 @dataclass(frozen=True)
@@ -231,8 +245,15 @@ def _structure(
             m: tuple(d for d in steps[m].deps if d in member_set and (d, m) not in back_edges)
             for m in members
         }
+        heads = tuple(m for m in members if not body_preds[m])
         loop_blocks[index] = LoopBlock(name, path, tuple(members), loop.expected_iterations,
-                                       loop.max_iterations, body_preds)
+                                       loop.max_iterations, body_preds, heads)
+        rest = loop_blocks[index].rest
+        if rest and loop.max_iterations < 2:
+            raise PlanningError([Issue(
+                f"{path}.maxIterations", f"1 never runs {', '.join(rest)}: the graph leaves "
+                "the loop after its heads, and the rest of the body runs only when it goes "
+                "round again; give at least 2, or move those steps out of the loop")])
     block_of = {
         s: (f"loop:{loop_blocks[loop_of[s]].name}" if s in loop_of else s) for s in steps
     }
@@ -264,8 +285,9 @@ def _structure(
     max_visits = dict.fromkeys(steps, 1)
     for loop_block in loop_blocks.values():
         for m in loop_block.steps:
-            visits[m] = loop_block.expected
-            max_visits[m] = loop_block.maximum
+            once_fewer = m not in loop_block.heads
+            visits[m] = loop_block.expected - once_fewer
+            max_visits[m] = loop_block.maximum - once_fewer
     sinks = tuple(b.id for b in blocks if block_graph.out_degree(b.id) == 0)
     return GraphModel(
         name=graph.metadata.name,

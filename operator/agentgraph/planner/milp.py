@@ -6,10 +6,12 @@ The MILP then only has to pick one configuration per step against the graph-wide
 
 Variables
   x[c]   binary, configuration c of its step is chosen; exactly one per step
-  F[b]   finish time of block b; f[s] finish of step s inside its loop's body; L[l] the body's
-         length. Times are in units of the SLA so every row is O(1).
+  F[b]   finish time of block b; for a loop l: H[l] its heads' time, f[s] the finish of a
+         step s of the rest of its body, R[l] the rest's length. Times are in units of the
+         SLA so every row is O(1).
 Rows
-  F[b] >= F[p] + D[b]           for every block edge p -> b (D: step duration, or E * L[l])
+  F[b] >= F[p] + D[b]           for every block edge p -> b (D: step duration, or for a loop
+                                E * H[l] + (E - 1) * R[l]: the graph leaves after the heads)
   F[b] <= 1                     for every sink block (the end-to-end SLA)
   sum units * x <= capacity     per pool that has a known size
 Replica counts are integers fixed by each option (ceil(rate / (throughput * max utilisation))),
@@ -203,16 +205,21 @@ def _timing(
         fb = b.var()
         finish[block.id] = fb
         if block.loop is not None:
-            length = b.var()
-            local = {step: b.var() for step in block.loop.steps}
-            for step in block.loop.steps:
-                for p in block.loop.body_preds[step] or (None,):
-                    coefs = {local[step]: 1.0, **{c: -v for c, v in duration[step].items()}}
-                    if p is not None:
-                        coefs[local[p]] = -1.0
-                    b.row(coefs, 0.0, INF)
-                b.row({length: 1.0, local[step]: -1.0}, 0.0, INF)
-            own = {length: -block.loop.expected}
+            loop, heads = block.loop, b.var()
+            for step in loop.heads:
+                b.row({heads: 1.0, **{c: -v for c, v in duration[step].items()}}, 0.0, INF)
+            own = {heads: -loop.expected}
+            if loop.rest and loop.expected > 1:
+                length = b.var()
+                local = {step: b.var() for step in loop.rest}
+                for step in loop.rest:
+                    for p in loop.rest_preds(step) or (None,):
+                        coefs = {local[step]: 1.0, **{c: -v for c, v in duration[step].items()}}
+                        if p is not None:
+                            coefs[local[p]] = -1.0
+                        b.row(coefs, 0.0, INF)
+                    b.row({length: 1.0, local[step]: -1.0}, 0.0, INF)
+                own[length] = -(loop.expected - 1)
         else:
             assert block.step is not None
             own = {c: -v for c, v in duration[block.step].items()}

@@ -80,7 +80,7 @@ def runtime_graph(graph: AgentGraph, plan: Plan, namespace: str,
             body = block.loop.body_preds
             loop = RuntimeLoop(
                 name=block.loop.name, steps=list(block.loop.steps),
-                heads=[s for s in block.loop.steps if not body.get(s)],
+                heads=list(block.loop.heads),
                 body_preds={s: list(p) for s, p in body.items()},
                 expected_iterations=block.loop.expected, max_iterations=block.loop.maximum)
         blocks.append(RuntimeBlock(id=block.id, preds=list(block.preds), step=block.step,
@@ -108,8 +108,7 @@ def worker_config(graph: AgentGraph, plan: Plan, a: Assignment,
     for block in model.blocks:
         lb = block.loop
         # A loop head (its last phase answers): the emulator decides there when the loop ends.
-        if (lb is not None and a.step in lb.steps and not lb.body_preds.get(a.step)
-                and a.phase in (None, "decode")):
+        if lb is not None and a.step in lb.heads and a.phase in (None, "decode"):
             loop = LoopRole(expected_iterations=lb.expected, max_iterations=lb.maximum)
     kv = None
     if a.phase == "decode":

@@ -113,9 +113,14 @@ class Executor:
                 loop = block.loop
                 for name in loop.steps:
                     self.block_of[name] = block.id
-                body = _longest(_order(loop), loop.body_preds, self.step_time)
-                self.body_time[block.id] = body
-                block_time[block.id] = body * loop.expected_iterations
+                # As the planner times it: every iteration runs the heads, all but the last
+                # one the rest of the body too.
+                heads = max(self.step_time[h] for h in loop.heads)
+                rest = _longest([s for s in _order(loop) if s not in loop.heads],
+                                loop.body_preds, self.step_time)  # heads: done, at 0
+                self.body_time[block.id] = heads + rest
+                block_time[block.id] = (loop.expected_iterations * heads
+                                        + (loop.expected_iterations - 1) * rest)
         successors: dict[str, list[str]] = {b.id: [] for b in graph.blocks}
         for block in graph.blocks:
             for pred in block.preds:
