@@ -151,6 +151,10 @@ def test_capacity_shortfall_is_reported() -> None:
         ("apiVersion: agentgraph.dev/v1alpha1\nkind: AgentGraph\nmetadata: {name: Bad_Name}\n"
          "spec: {sla: {latencySeconds: 1}, steps: [{name: a, kind: tool, tool: "
          "{latencySeconds: 1}}]}\n", "metadata.name"),
+        ("apiVersion: agentgraph.dev/v1alpha1\nkind: AgentGraph\nmetadata: {name: 1st}\n"
+         "spec: {sla: {latencySeconds: 1}, steps: [{name: a, kind: tool, tool: "
+         "{latencySeconds: 1}}]}\n", "AgentGraph/1st: metadata: name '1st' must be a DNS-1035 "
+         "label"),
     ],
 )
 def test_load_errors_name_the_field(text: str, expected: str) -> None:
@@ -184,3 +188,25 @@ def test_cli_infeasible_exits_1_with_reason(tmp_path: Path,
 def test_cli_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", "/no/such.yaml"]) == cli.EXIT_INVALID
     assert capsys.readouterr().err.startswith("/no/such.yaml: cannot read")
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([llm("chat"), tool("chat-prefill")],
+         "spec.steps[1].name: step chat-prefill would render objects named 'g-chat-prefill', as "
+         "step chat (spec.steps[0]) does; rename one"),
+        ([{"name": "a", "kind": "agent", "agent": {"steps": [tool("b")]}}, tool("a-b")],
+         "spec.steps[1].name: step a-b would render objects named 'g-a-b', as step a.b "
+         "(spec.steps[0].agent.steps[0]) does; rename one"),
+        ([{"name": "x", "kind": "agent", "agent": {"steps": [tool("gateway")]}}, tool("y")],
+         None),  # x.gateway is g-x-gateway: no clash with the gateway (g-gateway)
+    ],
+)
+def test_steps_that_would_render_one_object_are_refused(steps: list[dict[str, object]],
+                                                        expected: str | None) -> None:
+    graph = make_graph(steps)
+    if expected is None:
+        assert solve.plan(graph, POOLS).feasible
+        return
+    assert issues_of(graph) == [expected]

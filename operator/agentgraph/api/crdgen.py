@@ -13,7 +13,7 @@ from pydantic import AliasChoices
 
 from agentgraph.api import GROUP, VERSION
 from agentgraph.api.common import ApiModel
-from agentgraph.api.graph import KIND_FIELD, AgentGraph
+from agentgraph.api.graph import GRAPH_NAME, GRAPH_NAME_MESSAGE, KIND_FIELD, AgentGraph
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.status import AgentGraphStatus
 
@@ -162,6 +162,11 @@ def _root_schema(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
             "status": status,
         },
     }
+    if model is AgentGraph:  # the API server lets CEL read metadata.name at the root only
+        root["x-kubernetes-validations"] = [
+            {"rule": f"size(self.metadata.name) <= 40 && "
+                     f"self.metadata.name.matches('{GRAPH_NAME}')",
+             "message": f"metadata.name {GRAPH_NAME_MESSAGE}"}]
     return root
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AliasChoices, Field, HttpUrl, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
 
 from agentgraph.api.common import (
     MAX_COUNT,
@@ -335,6 +343,14 @@ class AgentGraphSpec(ApiModel):
         return self
 
 
+# The graph's Services are named after it ("<graph>-gateway"): a DNS-1035 label, which starts
+# with a letter; at most 40 characters, as steps are, so "<graph>-<step>-<phase>" stays short.
+GRAPH_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+GRAPH_NAME_MESSAGE = ("must be a DNS-1035 label of at most 40 characters (lower case letters, "
+                      "digits and '-', starting with a letter): the graph's Services are "
+                      "named after it")
+
+
 class AgentGraph(ApiModel):
     api_version: Literal["agentgraph.dev/v1alpha1"] = "agentgraph.dev/v1alpha1"
     kind: Literal["AgentGraph"] = "AgentGraph"
@@ -342,6 +358,13 @@ class AgentGraph(ApiModel):
     spec: AgentGraphSpec
     # Written by the operator; accepted on input so a round-tripped object validates.
     status: dict[str, object] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _service_name(cls, metadata: ObjectMeta) -> ObjectMeta:
+        if not re.match(GRAPH_NAME, metadata.name):
+            raise ValueError(f"name '{metadata.name}' {GRAPH_NAME_MESSAGE}")
+        return metadata
 
 
 AgentWorkload.model_rebuild()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from agentgraph.api import naming
 from agentgraph.api.graph import SLA, AgentGraph, Loop, Planning, PoolConstraints, Step, StepKind
 from agentgraph.planner.errors import Issue, PlanningError
 
@@ -108,6 +109,7 @@ def build(graph: AgentGraph) -> GraphModel:
             if v in head_steps and u in member_set and not u.startswith(head + ".")
         )
     _check_cycles(digraph, loop_of, back_edges, scope, issues)
+    _check_object_names(graph.metadata.name, scope, issues)
     if issues:
         raise PlanningError(issues)
     return _structure(graph, steps, digraph, scope, loop_of, back_edges)
@@ -227,6 +229,22 @@ def _check_cycles(
             issues.append(Issue(f"{path}.steps", f"the loop body still has a cycle once the edges "
                                 f"into its head '{loop.steps[0]}' are removed: nested loops are "
                                 "not supported"))
+
+
+def _check_object_names(graph: str, scope: _Scope, issues: list[Issue]) -> None:
+    """Two steps must not render one object: ``chat`` (an LLM step: chat-prefill, chat-decode)
+    and a step ``chat-prefill``; a sub-agent's ``a.b`` and a top-level ``a-b``."""
+    owner = {naming.gateway_name(graph): "the graph's gateway"}
+    for flat in scope.steps:
+        phases = ("prefill", "decode") if flat.step.kind is StepKind.LLM else (None,)
+        for phase in phases:
+            name = naming.object_name(graph, flat.name, phase)
+            mine = f"step {flat.name} ({flat.path})"
+            other = owner.setdefault(name, mine)
+            if other != mine:
+                issues.append(Issue(f"{flat.path}.name", f"step {flat.name} would render "
+                                    f"objects named '{name}', as {other} does; rename one"))
+                break
 
 
 def _structure(
