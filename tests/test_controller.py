@@ -1,5 +1,7 @@
 """Pure controller pieces: free capacity from Nodes and Pods; status conditions."""
 
+import pytest
+
 from agentgraph.api.plan import Plan
 from agentgraph.controller import snapshot, status
 from builders import make_pool
@@ -26,6 +28,23 @@ def test_quantities() -> None:
     assert snapshot.parse_quantity("500m") == 0.5
     assert snapshot.parse_quantity("64Gi") == 64 * 2**30
     assert snapshot.parse_quantity(8) == 8
+    # every suffix the API server takes, which any pod in the cluster may use
+    assert snapshot.parse_quantity("250u") == pytest.approx(250e-6)
+    assert snapshot.parse_quantity("7n") == pytest.approx(7e-9)
+    assert snapshot.parse_quantity("2P") == 2e15
+    assert snapshot.parse_quantity("1E") == 1e18
+    assert snapshot.parse_quantity("1e3") == 1000
+
+
+def test_snapshot_survives_pods_in_any_unit() -> None:
+    cpu = make_pool("cpu", cpu=True)
+    odd = pod("x", 0)
+    odd["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "500000u",
+                                                             "memory": "1P"}
+    tiny = pod("x", 0)
+    tiny["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "2000000n"}
+    free = snapshot.free_capacity([cpu], [node("x", "cpu")], [odd, tiny], ("ns", "g"))
+    assert free == {"cpu": pytest.approx(112 - 0.5 - 0.002)}
 
 
 def test_free_capacity_counts_ready_nodes_minus_other_workloads() -> None:

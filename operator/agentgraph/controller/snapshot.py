@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from kubernetes.utils import quantity
+
 from agentgraph.api.hardware import DeviceType, HardwareProfile
 from agentgraph.api.naming import LABEL_GRAPH, LABEL_POOL
 
@@ -14,14 +16,9 @@ TERMINAL_PHASES = ("Succeeded", "Failed")  # finished pods hold nothing
 
 
 def parse_quantity(value: str | int | float) -> float:
-    """Kubernetes quantities as plain numbers ('500m' -> 0.5, '8' -> 8, '64Gi' -> 64 * 2**30)."""
-    text = str(value)
-    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-    for suffix in sorted(suffixes, key=len, reverse=True):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * suffixes[suffix]
-    return float(text)
+    """Kubernetes quantities as plain numbers ('500m' -> 0.5, '8' -> 8, '64Gi' -> 64 * 2**30),
+    every suffix the API server accepts ('100u', '5n', '1P', '2E', '1e3')."""
+    return float(quantity.parse_quantity(value))  # type: ignore[no-untyped-call]
 
 
 def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
