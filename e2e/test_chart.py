@@ -134,6 +134,12 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
         "-o", "jsonpath={.data.profiles\\.yaml}"))
     settings["profilesFile"] = str(tmp_path / "profiles.yaml")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    # Profiles someone else installed (the other modules, with kubectl) are theirs: the
+    # operator must not take them over. All but one go; the one left must stay as it is.
+    kube("delete", "hardwareprofiles.agentgraph.dev", "-l", "!agentgraph.dev/installed-by",
+         "--field-selector", "metadata.name!=a100")
+    kube("label", "hardwareprofiles.agentgraph.dev", "a100", "e2e/owner=someone-else",
+         "--overwrite")
     log = tmp_path / "operator.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentgraph.controller", "--config", str(tmp_path / "config.yaml"),
@@ -154,7 +160,12 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
         # hardwareProfiles.builtin: the operator installed all shipped profiles, marked.
         installed = kube.json("get", "hardwareprofiles.agentgraph.dev", "-l",
                               "agentgraph.dev/installed-by=operator-settings")["items"]
-        assert len(installed) == len(list((ROOT / "hardware_profiles").glob("*.yaml")))
+        shipped = sorted(p.stem for p in (ROOT / "hardware_profiles").glob("*.yaml"))
+        assert sorted(i["metadata"]["name"] for i in installed) == [
+            name for name in shipped if name != "a100"]
+        theirs = kube.json("get", "hardwareprofiles.agentgraph.dev", "a100")["metadata"]
+        assert theirs["labels"].get("e2e/owner") == "someone-else"
+        assert "agentgraph.dev/installed-by" not in theirs["labels"]
         with urllib.request.urlopen("http://127.0.0.1:18281/healthz", timeout=5) as r:
             assert r.status == 200
         text = log.read_text()

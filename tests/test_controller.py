@@ -207,3 +207,17 @@ def test_a_status_write_removes_what_the_new_status_no_longer_has() -> None:
         "admission": {"holds": [{"pool": "q"}], "queuePosition": None},
         "replan": {"mode": "auto", "plannedRequestsPerSecond": None}, "plan": None}
     assert merge_patch({}, new) == new
+
+
+def test_reconcile_error_is_shown_until_a_full_reconcile_goes_through() -> None:
+    good = status.build(None, 3, plan(), [], True, at="t0")
+    assert status.condition_status(good, "ReconcileError") is None  # never failed: absent
+    failed = status.with_error(good, "full reconcile failed: ApiException: denied", 3, at="t1")
+    assert status.condition_status(failed, "ReconcileError") == "True"
+    assert status.condition_message(failed, "ReconcileError").endswith("denied")
+    assert failed["plan"] == good["plan"]  # the last good plan stays
+    assert status.condition_status(failed, "Ready") == "True"
+    again = status.build(failed, 3, plan(), [], True, at="t2")
+    [cond] = [c for c in again["conditions"] if c["type"] == "ReconcileError"]
+    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == (
+        "False", "Reconciled", "t2")

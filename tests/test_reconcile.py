@@ -43,6 +43,10 @@ class FakeCluster:
     def graph(self, namespace: str, name: str) -> Obj:
         return copy.deepcopy(self.graph_obj)
 
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        found = self.objects.get((kind, name))
+        return copy.deepcopy(found) if found is not None else None
+
     def children(self, namespace: str, graph: str,
                  kinds: tuple[str, ...] | None = None) -> list[Obj]:
         return [copy.deepcopy(o) for (kind, _), o in self.objects.items()
@@ -224,3 +228,30 @@ def test_coalescer_forgets_a_key_whose_work_failed() -> None:
     with pytest.raises(RuntimeError):
         work.run("g", Level.FULL, boom)
     assert work.busy() == 0 and work.run("g", Level.FULL, lambda _: None)
+
+
+def test_an_object_we_did_not_create_is_never_taken_over(cluster: FakeCluster) -> None:
+    theirs = {"apiVersion": "v1", "kind": "Service",
+              "metadata": {"name": "voice-agent-gateway", "namespace": "demo",
+                           "labels": {"app": "mine"}}, "spec": {"ports": [{"port": 80}]}}
+    cluster.objects[("Service", "voice-agent-gateway")] = copy.deepcopy(theirs)
+    out = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world())  # type: ignore[arg-type]
+    assert not out.feasible and out.applied == [] and out.deleted == []
+    assert cluster.objects == {("Service", "voice-agent-gateway"): theirs}
+    st = cluster.graph_obj["status"]
+    assert status.condition_status(st, "Infeasible") == "True"
+    assert ("Service/voice-agent-gateway: exists in namespace demo and is not this graph's"
+            in status.condition_message(st, "Infeasible"))
+    del cluster.objects[("Service", "voice-agent-gateway")]  # the user gives the name up
+    again = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world())  # type: ignore[arg-type]
+    assert again.feasible and len(again.applied) == 13
+
+
+def test_prune_leaves_what_only_wears_our_labels(cluster: FakeCluster) -> None:
+    rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world())  # type: ignore[arg-type]
+    lookalike = copy.deepcopy(cluster.objects[("Deployment", "voice-agent-embed")])
+    lookalike["metadata"]["name"] = "voice-agent-old"
+    lookalike["metadata"]["ownerReferences"] = []  # labels copied, never owned by the graph
+    cluster.objects[("Deployment", "voice-agent-old")] = lookalike
+    out = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world())  # type: ignore[arg-type]
+    assert out.deleted == [] and ("Deployment", "voice-agent-old") in cluster.objects

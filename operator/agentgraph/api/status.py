@@ -11,6 +11,9 @@ Conditions (sorted by type; ``lastTransitionTime`` changes only when the status 
                       unreachable, not configured, or no samples): the plan is kept as it is
   Admitted            the graph holds room in the shared pools (False: InsufficientCapacity
                       with its queue position, or OverBudget for its namespace)
+  ReconcileError      True while reconciling fails with an error nobody foresaw (an API server
+                      refusal, a bug): the message says what; retried with back-off. False
+                      once a reconcile succeeds again; absent if none ever failed
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ConditionType(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     PLANNED = "Planned"
     READY = "Ready"
+    RECONCILE_ERROR = "ReconcileError"
     SLA_MET = "SLAMet"
 
 
@@ -57,6 +61,8 @@ class Reason(StrEnum):
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
     OVER_BUDGET = "OverBudget"
     WAITING = "Waiting"
+    UNEXPECTED_ERROR = "UnexpectedError"
+    RECONCILED = "Reconciled"
 
 
 Truth = Literal["True", "False"]

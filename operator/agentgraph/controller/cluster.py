@@ -53,6 +53,18 @@ class Cluster:
             raise
         return obj if isinstance(obj, dict) else None
 
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object of a child kind, whoever made it; None when there is none."""
+        api, resource = self._api(kind)
+        try:
+            found = _json(getattr(api, f"read_namespaced_{resource}")(
+                name, namespace, _preload_content=False))
+        except client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return found if isinstance(found, dict) else None
+
     def children(self, namespace: str, graph: str,
                  kinds: tuple[str, ...] = tuple(CHILD_KINDS)) -> list[dict[str, Any]]:
         selector = f"{render.LABEL_GRAPH}={graph},app.kubernetes.io/managed-by=agentgraph"

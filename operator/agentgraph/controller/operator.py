@@ -29,7 +29,8 @@ from agentgraph.api import GROUP, VERSION
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.loading import LoadError, validation_lines
 from agentgraph.api.naming import LABEL_GRAPH, MANAGED_BY
-from agentgraph.controller import indexes, metrics, readiness, snapshot
+from agentgraph.api.status import ConditionType, Reason
+from agentgraph.controller import indexes, metrics, readiness, snapshot, status
 from agentgraph.controller import profiles as installed_profiles
 from agentgraph.controller.admitter import Admitter
 from agentgraph.controller.cluster import Cluster
@@ -158,10 +159,38 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
                          name)
                 _gone((namespace, name), kwargs)  # its hold may have been recorded after
                 return
-            metrics.RECONCILES.labels(asked.name, "error").inc()
+            _failed(cluster, namespace, name, asked, e)
+            raise
+        except Exception as e:
+            _failed(cluster, namespace, name, asked, e)
             raise
 
     _work.run((namespace, name), level, work)
+
+
+def _failed(cluster: Cluster, namespace: str, name: str, level: Level, error: Exception) -> None:
+    """An error nobody foresaw reaches the graph, not only the log: ReconcileError=True with
+    the message, and a Warning event when the message is new. kopf (or the next pass) retries."""
+    metrics.RECONCILES.labels(level.name, "error").inc()
+    detail = str(error.body or error.reason) if isinstance(error, client.ApiException) else \
+        str(error)
+    message = f"{level.name.lower()} reconcile failed: {type(error).__name__}: {detail}"[:2000]
+    log.error("%s/%s: %s", namespace, name, message, exc_info=error)
+    try:
+        obj = cluster.graph(namespace, name)
+        if obj is None:
+            return
+        previous = obj.get("status") or {}
+        if status.condition_message(previous, ConditionType.RECONCILE_ERROR) == message and \
+                status.condition_status(previous, ConditionType.RECONCILE_ERROR) == "True":
+            return  # said already: one event per new message, not one per retry
+        generation = obj["metadata"].get("generation")
+        cluster.patch_status(namespace, name, status.with_error(previous, message, generation),
+                             previous=previous)
+        cluster.event(obj, "Warning", Reason.UNEXPECTED_ERROR.value, message)
+    except Exception:  # the API server may be what fails: the log has it
+        log.warning("%s/%s: could not report the failure on the graph", namespace, name,
+                    exc_info=True)
 
 
 def _measure(cluster: Cluster, obj: dict[str, Any], kwargs: Mapping[str, Any]) -> Level:

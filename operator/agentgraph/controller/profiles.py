@@ -57,9 +57,18 @@ def load(path: str | Path) -> list[HardwareProfile]:
 def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
     custom = client.CustomObjectsApi(api)
     wanted = manifests(profiles)
+    listed = custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles")
+    others = {o["metadata"]["name"] for o in (listed.get("items", [])
+                                              if isinstance(listed, dict) else [])
+              if o.get("metadata", {}).get("labels", {}).get(LABEL_SOURCE) != SOURCE}
     for manifest in wanted:
+        name = manifest["metadata"]["name"]
+        if name in others:  # installed by kubectl, Argo CD or the chart: theirs, not ours
+            log.warning("HardwareProfile %s exists and was not installed from the settings: "
+                        "left as it is (the settings' copy is not applied)", name)
+            continue
         custom.patch_cluster_custom_object(
-            GROUP, VERSION, "hardwareprofiles", manifest["metadata"]["name"], manifest,
+            GROUP, VERSION, "hardwareprofiles", name, manifest,
             field_manager=FIELD_MANAGER, force=True, _content_type=APPLY)
     listed = custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles",
                                                label_selector=f"{LABEL_SOURCE}={SOURCE}")
@@ -67,7 +76,8 @@ def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
     for name in stale(items, (m["metadata"]["name"] for m in wanted)):
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwareprofiles", name)
         log.info("deleted HardwareProfile %s: no longer in the settings", name)
-    log.info("installed %d HardwareProfile(s) from the settings", len(wanted))
+    log.info("installed %d HardwareProfile(s) from the settings",
+             len([m for m in wanted if m["metadata"]["name"] not in others]))
 
 
 def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]:

@@ -101,7 +101,11 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
             # a crash before its first plan was recorded is applied over, or pruned by the
             # next FULL): six lists fewer for every newcomer.
             live = {(c["kind"], c["metadata"]["name"]): c
-                    for c in cluster.children(namespace, name)} if previous.get("plan") else {}
+                    for c in cluster.children(namespace, name)
+                    if owned(c, meta["uid"])} if previous.get("plan") else {}
+            taken = _not_ours(cluster, wanted, live, namespace, meta["uid"])
+            if taken:
+                problems, wanted = taken, []
             applied = []
             for manifest in wanted:
                 key = (manifest["kind"], manifest["metadata"]["name"])
@@ -113,11 +117,12 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                 written.append("/".join(key))
             order = {kind: i for i, kind in enumerate(CHILD_KINDS)}
             for kind, child in sorted(set(live) - {(m["kind"], m["metadata"]["name"])
-                                                   for m in wanted},
+                                                   for m in wanted} if not taken else set(),
                                       key=lambda kc: (order.get(kc[0], 99), kc[1])):
                 cluster.delete(kind, namespace, child)  # after the new ones exist: no gap
                 deleted.append(f"{kind}/{child}")
-            ready = all(available(d) for d in applied if d["kind"] == "Deployment")
+            ready = not taken and all(available(d) for d in applied
+                                      if d["kind"] == "Deployment")
             if written or deleted:
                 log.info("%s/%s: applied %s; deleted %s", namespace, name,
                          ", ".join(written) or "nothing", ", ".join(deleted) or "nothing")
@@ -128,6 +133,30 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     return Outcome(feasible=not problems and plan is not None and waiting is None,
                    ready=ready, status_written=changed, applied=written, deleted=deleted,
                    status=new, waiting=waiting is not None)
+
+
+def owned(child: Obj, uid: str) -> bool:
+    """Whether this graph (by uid) is an owner of ``child``: only then is it ours to change
+    or delete (our labels alone could be copied by anyone)."""
+    return any(ref.get("uid") == uid
+               for ref in child.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _not_ours(cluster: Cluster, wanted: Iterable[Obj], live: Mapping[tuple[str, str], Obj],
+              namespace: str, uid: str) -> list[str]:
+    """The objects the plan would write that exist and are someone else's (a user's Service
+    of the same name): never adopted or overwritten. One read per child not known as ours."""
+    taken = []
+    for manifest in wanted:
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
+        if (kind, child) in live:
+            continue
+        found = cluster.get(kind, namespace, child)
+        if found is not None and not owned(found, uid):
+            taken.append(f"{kind}/{child}: exists in namespace {namespace} and is not this "
+                         "graph's (no owner reference to it); the operator will not take it "
+                         "over: delete or rename it, or rename the graph or the step")
+    return taken
 
 
 def _readiness(cluster: Cluster, obj: Obj) -> Outcome:

@@ -196,6 +196,9 @@ def build(
                   generation, old, at),
         _sla(shown if feasible else None, prev.observed, _metrics_ok(old), generation, old, at),
         *(c for c in old if c.type is ConditionType.METRICS_UNAVAILABLE),
+        *(condition(ConditionType.RECONCILE_ERROR, False, Reason.RECONCILED, "", generation,
+                    old, at)
+          for c in old if c.type is ConditionType.RECONCILE_ERROR),  # a FULL went through
     ]
     # An invalid or infeasible spec keeps showing the last good plan: nothing is torn down.
     return dump(AgentGraphStatus(observed_generation=generation, conditions=_sorted(conditions),
@@ -224,6 +227,18 @@ def with_admission(previous: Mapping[str, Any], admission: Admission, generation
                                 generation, prev.conditions, at))
     return dump(prev.model_copy(update={"conditions": _sorted(conditions),
                                         "admission": admission}))
+
+
+def with_error(previous: Mapping[str, Any] | None, message: str, generation: int | None,
+               at: str | None = None) -> Wire:
+    """The same status with ReconcileError=True and ``message``: the rest stays as the last
+    good reconcile left it."""
+    at = at or now()
+    prev = parse(previous)
+    conditions = [c for c in prev.conditions if c.type is not ConditionType.RECONCILE_ERROR]
+    conditions.append(condition(ConditionType.RECONCILE_ERROR, True, Reason.UNEXPECTED_ERROR,
+                                message, generation, prev.conditions, at))
+    return dump(prev.model_copy(update={"conditions": _sorted(conditions)}))
 
 
 def with_ready(previous: Mapping[str, Any], ready: bool, at: str | None = None) -> Wire:
