@@ -193,3 +193,32 @@ def test_long_names_are_shortened_stably() -> None:
     assert len(name) <= 63 and DNS1123.match(name)
     assert name == render.object_name("graph", long, "decode")
     assert name != render.object_name("graph", long, "prefill")
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered: tuple) -> None:  # type: ignore[type-arg]
+    _, _, _, objs = rendered
+    for d in _kind(objs, "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            res = c["resources"]
+            assert set(res["limits"]) >= {"cpu", "memory"}
+            if d["metadata"]["name"] != gateway_name("voice-agent"):
+                assert res["limits"] == res["requests"]  # Guaranteed: what the plan sized
+        if d["metadata"]["name"] != gateway_name("voice-agent"):
+            assert pod["automountServiceAccountToken"] is False
+
+
+def test_pod_memory_comes_from_the_step() -> None:
+    graph = parse((EXAMPLES_DIR / "voice-agent.yaml").read_text(), "voice").graphs[0]
+    steps = {s.name: s for s in graph.spec.steps}
+    assert render.memory_gib(steps["reason"]) == 0.5  # an emulator or adapter, not the weights
+    assert render.memory_gib(steps["embed"]) == pytest.approx(0.5 + 0.0227 * 2)
+    tool_step = make_graph([tool("t", tool={"latencySeconds": 0.1, "memoryGB": 3})])
+    assert render.memory_gib(tool_step.spec.steps[0]) == 3

@@ -51,7 +51,13 @@ RUNTIME_IMAGE = f"ghcr.io/agentgraph/agentgraph-runtime:{__version__}"
 SLOWDOWN_ANNOTATION = f"{GROUP}/emulator-slowdown"  # on a HardwareProfile: tests, demos
 GATEWAY_RPS_PER_REPLICA = 500.0  # one gateway core does over 1,000/s (make bench): headroom
 GATEWAY_RESOURCES = {"requests": {"cpu": "500m", "memory": "256Mi"},
-                     "limits": {"memory": "512Mi"}}
+                     "limits": {"cpu": "1", "memory": "512Mi"}}
+WORKER_MEMORY_GIB = 0.5  # a reference worker's process, before any model it holds itself
+# The restricted Pod Security Standard for every pod the operator creates, so a namespace that
+# enforces it runs graphs unchanged. The runtime image runs as 65532; a step's own image must
+# run as a non-root user too.
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 PROMETHEUS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
               "prometheus.io/path": "/metrics"}
 # Re-exported for the controller's other modules (names live in api/naming).
@@ -91,24 +97,34 @@ def _quantity_memory(gib: float) -> str:
     return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
-def _resources(a: Assignment, profile: HardwareProfile, step: Step) -> dict[str, Any]:
-    spec = profile.spec
-    memory_gb = 1.0
+def memory_gib(step: Step) -> float:
+    """What a step's pod holds in host memory. Tools and CPU work say so (``memoryGB``); the
+    reference workers otherwise need a base (an LLM or speech worker emulates the model, or
+    forwards to its server: the weights live on the accelerator or in that server, and a
+    prefill worker keeps only small stand-ins for KV handles); an embedding worker also holds
+    its model on the CPU."""
     for block in (step.tool, step.compute):
         if block is not None:
-            memory_gb = block.memory_gb
+            return block.memory_gb
+    if step.embedding is not None:
+        return WORKER_MEMORY_GIB + step.embedding.parameters_billions * \
+            step.embedding.dtype_bytes
+    return WORKER_MEMORY_GIB
+
+
+def _resources(a: Assignment, profile: HardwareProfile, step: Step) -> dict[str, Any]:
+    """Requests equal to limits (the Guaranteed QoS class): the plan sized the replica."""
+    spec = profile.spec
+    memory = _quantity_memory(memory_gib(step))
     if spec.device_type is DeviceType.CPU:
-        requests = {"cpu": _quantity_cpu(a.units_per_replica),
-                    "memory": _quantity_memory(memory_gb)}
-        return {"requests": requests}
+        held = {"cpu": _quantity_cpu(a.units_per_replica), "memory": memory}
+        return {"requests": held, "limits": dict(held)}
     devices = a.units_per_replica
     host_cpu = _quantity_cpu(devices * spec.cores)  # the host cores that come with the devices
-    if devices < 1:  # host-CPU work on an accelerator node: its share of host cores, no device
-        return {"requests": {"cpu": host_cpu, "memory": _quantity_memory(memory_gb)}}
-    count = str(math.ceil(devices))
-    return {"requests": {"cpu": host_cpu, "memory": _quantity_memory(memory_gb),
-                         spec.resource_name: count},
-            "limits": {spec.resource_name: count}}
+    held = {"cpu": host_cpu, "memory": memory}
+    if devices >= 1:  # below 1: host-CPU work on an accelerator node, no device
+        held[spec.resource_name] = str(math.ceil(devices))
+    return {"requests": held, "limits": dict(held)}
 
 
 def owner_reference(graph: AgentGraph, uid: str) -> dict[str, Any]:
@@ -185,7 +201,8 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
         ports = [{"name": "http", "containerPort": port},
                  {"name": "metrics", "containerPort": METRICS_PORT}]
         metrics_port = METRICS_PORT
-    main.update(env=env, ports=ports, resources=_resources(a, profile, step), **_probes("http"))
+    main.update(env=env, ports=ports, resources=_resources(a, profile, step),
+                securityContext=CONTAINER_SECURITY, **_probes("http"))
     obj = object_name(name, a.step, a.phase)
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta_of(obj, labels),
@@ -201,6 +218,7 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
                  "spec": {
                      "automountServiceAccountToken": False,
                      "enableServiceLinks": False,
+                     "securityContext": POD_SECURITY,
                      "nodeSelector": dict(profile.spec.pool.node_selector),
                      "tolerations": _tolerations(profile),
                      "containers": [main],
@@ -249,7 +267,8 @@ def _gateway_objects(graph: AgentGraph, plan: Plan, profiles: Mapping[str, Hardw
         "env": _pod_env(name),
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT},
                   {"name": "metrics", "containerPort": METRICS_PORT}],
-        "resources": GATEWAY_RESOURCES, **_probes("http"),
+        "resources": GATEWAY_RESOURCES, "securityContext": CONTAINER_SECURITY,
+        **_probes("http"),
     }
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta_of(gw, labels),
@@ -264,7 +283,8 @@ def _gateway_objects(graph: AgentGraph, plan: Plan, profiles: Mapping[str, Hardw
                      # its latency buckets sit around the SLA: a new SLA rolls the gateway
                      f"{GROUP}/sla-seconds": f"{graph.spec.sla.latency_seconds:g}"}},
                  "spec": {"serviceAccountName": gw, "automountServiceAccountToken": True,
-                          "enableServiceLinks": False, **placement,
+                          "enableServiceLinks": False, "securityContext": POD_SECURITY,
+                          **placement,
                           "containers": [container]},
              },
          }},

@@ -1,5 +1,6 @@
-"""Bad input on the real API server and operator: refused at apply with the field named, or a
-condition and an event on the graph; nothing crashes, nothing is silently changed."""
+"""Hardening on the real API server and operator: bad input is refused at apply with the field
+named, or becomes a condition and an event on the graph; nothing crashes, nothing is silently
+changed or taken over; step pods pass the restricted Pod Security Standard."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from builders import EXAMPLES_DIR
 from conftest import Kube, Operator, wait_for
 
 WAIT_S = 90.0
@@ -156,3 +158,18 @@ def test_pods_in_any_quantity_unit_do_not_stop_planning(kube: Kube, operator: Op
     wait_for("Planned", lambda: conditions(kube, namespace, "after-odd").get(
         "Planned", {}).get("status") == "True", WAIT_S)
     assert "ReconcileError" not in conditions(kube, namespace, "after-odd")
+
+
+def test_the_voice_agent_runs_in_a_restricted_namespace(kube: Kube, operator: Operator,
+                                                       namespace: str) -> None:
+    """The API server's PodSecurity admission enforces 'restricted' here: every pod the
+    operator makes (workers and gateway) must pass it for the graph to reach Ready."""
+    kube("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+         "pod-security.kubernetes.io/enforce-version=latest")
+    voice = (EXAMPLES_DIR / "voice-agent.yaml").read_text()
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin=voice)
+    wait_for("voice-agent Ready under restricted", lambda: conditions(
+        kube, namespace, "voice-agent").get("Ready", {}).get("status") == "True", 120)
+    pods = kube.json("get", "pods", "-n", namespace)["items"]
+    assert pods and all(p["spec"]["securityContext"]["runAsNonRoot"] for p in pods)
