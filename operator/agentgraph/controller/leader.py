@@ -22,6 +22,7 @@ from kubernetes import client
 
 log = logging.getLogger("agentgraph.leader")
 LEASE_SECONDS = 15
+RELEASE_SECONDS = 5.0  # at most, handing the lease back at shutdown
 
 
 def _now() -> datetime:
@@ -100,16 +101,31 @@ class Leader:
                 os._exit(3)
 
     def release(self) -> None:
-        """Stop renewing and hand the Lease back, so a standby takes over at once."""
+        """Stop renewing and hand the Lease back, so a standby takes over at once. Best effort
+        and bounded (RELEASE_SECONDS in all): at shutdown the API server may be unreachable,
+        and a cleanup that hung or raised would keep the process from exiting within its
+        grace period (kopf retries a failed cleanup). The lease then simply expires."""
         self._stop.set()
-        try:
-            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec is not None and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.renew_time = None
-                self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
-        except client.ApiException:
-            log.warning("could not release the lease; it expires in %d s", LEASE_SECONDS)
+
+        def hand_back() -> None:
+            try:
+                lease = self.leases.read_namespaced_lease(self.name, self.namespace,
+                                                          _request_timeout=RELEASE_SECONDS)
+                if lease.spec is not None and lease.spec.holder_identity == self.identity:
+                    lease.spec.holder_identity = None
+                    lease.spec.renew_time = None
+                    self.leases.replace_namespaced_lease(self.name, self.namespace, lease,
+                                                         _request_timeout=RELEASE_SECONDS)
+            except Exception as e:  # refused, timed out, unreachable
+                log.warning("could not release the lease (%s); it expires in %d s",
+                            type(e).__name__, LEASE_SECONDS)
+
+        worker = threading.Thread(target=hand_back, daemon=True, name="lease-release")
+        worker.start()
+        worker.join(RELEASE_SECONDS)
+        if worker.is_alive():  # the client retries on its own: do not wait for it
+            log.warning("the API server did not answer within %g s: leaving the lease to "
+                        "expire in %d s", RELEASE_SECONDS, LEASE_SECONDS)
 
 
 @contextlib.contextmanager
