@@ -222,3 +222,42 @@ def test_pod_memory_comes_from_the_step() -> None:
     assert render.memory_gib(steps["embed"]) == pytest.approx(0.5 + 0.0227 * 2)
     tool_step = make_graph([tool("t", tool={"latencySeconds": 0.1, "memoryGB": 3})])
     assert render.memory_gib(tool_step.spec.steps[0]) == 3
+
+
+def test_secrets_reach_the_pod_by_reference_only() -> None:
+    step = tool("search", container={
+        "valueFrom": {"SEARCH_API_KEY": {"secretKeyRef": {"name": "search", "key": "api-key"}},
+                      "REGION": {"configMapKeyRef": {"name": "settings", "key": "region",
+                                                     "optional": True}}},
+        "envFrom": [{"secretRef": {"name": "more-keys"}, "prefix": "EXTRA_"}],
+        "imagePullSecrets": ["regcred"], "env": {"LOG_LEVEL": "info"}})
+    graph = make_graph([step])
+    profiles = {p.name: p for p in shipped_profiles()}
+    plan = solve.plan(graph, list(profiles.values()))
+    [deployment] = [o for o in render.render(graph, plan, profiles, "demo", "uid-1")
+                    if o["kind"] == "Deployment" and o["metadata"]["name"] == "g-search"]
+    pod = deployment["spec"]["template"]["spec"]
+    [main] = pod["containers"]
+    assert main["image"] == render.RUNTIME_IMAGE  # no image given: the reference worker
+    env = {e["name"]: e for e in main["env"]}
+    assert env["SEARCH_API_KEY"] == {"name": "SEARCH_API_KEY", "valueFrom": {
+        "secretKeyRef": {"name": "search", "key": "api-key"}}}
+    assert env["REGION"]["valueFrom"] == {"configMapKeyRef": {
+        "name": "settings", "key": "region", "optional": True}}
+    assert env["LOG_LEVEL"] == {"name": "LOG_LEVEL", "value": "info"}
+    assert main["envFrom"] == [{"secretRef": {"name": "more-keys"}, "prefix": "EXTRA_"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+@pytest.mark.parametrize(("container", "expected"), [
+    ({"valueFrom": {"K": {}}}, "give exactly one of secretKeyRef and configMapKeyRef"),
+    ({"envFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]},
+     "give exactly one of secretRef and configMapRef"),
+    ({"args": ["--x"]}, "args and port belong to a step's own image"),
+    ({"env": {"A=B": "x"}}, "env: ['A=B'] are not environment variable names"),
+    ({"env": {"K": "x"}, "valueFrom": {"K": {"secretKeyRef": {"name": "s", "key": "k"}}}},
+     "['K'] are in both env and valueFrom"),
+])
+def test_bad_container_env_names_the_problem(container: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        make_graph([tool("t", container=container)])

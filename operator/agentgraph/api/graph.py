@@ -200,11 +200,77 @@ class TableModel(ApiModel):
     kv_transfer: list[KVTransferEntry] = Field(default_factory=list, max_length=256)
 
 
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # what the API server takes for an env var
+# A Secret's or ConfigMap's name: a DNS-1123 subdomain.
+ObjectName = Annotated[str, Field(min_length=1, max_length=253,
+                                  pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class KeyRef(ApiModel):
+    name: ObjectName
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    optional: bool = False
+
+
+class EnvSource(ApiModel):
+    """One environment variable from a key of a Secret or of a ConfigMap."""
+
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("give exactly one of secretKeyRef and configMapKeyRef")
+        return self
+
+
+class ObjectRef(ApiModel):
+    name: ObjectName
+    optional: bool = False
+
+
+class EnvFrom(ApiModel):
+    """Every key of a Secret or a ConfigMap as environment variables."""
+
+    secret_ref: ObjectRef | None = None
+    config_map_ref: ObjectRef | None = None
+    prefix: str | None = Field(default=None, max_length=64, pattern=ENV_NAME)
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFrom:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("give exactly one of secretRef and configMapRef")
+        return self
+
+
 class Container(ApiModel):
-    image: str = Field(min_length=1)
+    """The step's pods' container. Without ``image`` it is the reference worker, and only the
+    environment and pull secrets apply: a step reads its API keys from a Secret either way."""
+
+    image: str | None = Field(default=None, min_length=1)
     args: list[str] = Field(default_factory=list, max_length=64)
-    env: dict[str, str] = Field(default_factory=dict)
-    port: int = Field(default=8080, ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)  # plain values: never a secret
+    # variable -> the Secret or ConfigMap key it is read from
+    value_from: dict[str, EnvSource] = Field(default_factory=dict)
+    env_from: list[EnvFrom] = Field(default_factory=list, max_length=16)
+    image_pull_secrets: list[ObjectName] = Field(default_factory=list, max_length=16)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default 8080
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Container:
+        if self.image is None and (self.args or self.port is not None):
+            raise ValueError("args and port belong to a step's own image: give image, or "
+                             "leave them out to run the reference worker")
+        for field, names in (("env", self.env), ("valueFrom", self.value_from)):
+            bad = sorted(n for n in names if not re.match(ENV_NAME, n))
+            if bad:
+                raise ValueError(f"{field}: {bad} are not environment variable names "
+                                 "(letters, digits, '_', '-', '.'; not starting with a digit)")
+        both = sorted(set(self.env) & set(self.value_from))
+        if both:
+            raise ValueError(f"{both} are in both env and valueFrom: give each variable once")
+        return self
 
 
 class StepRuntime(ApiModel):

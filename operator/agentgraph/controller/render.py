@@ -21,7 +21,7 @@ from typing import Any
 
 from agentgraph import __version__
 from agentgraph.api import API_VERSION, GROUP
-from agentgraph.api.graph import AgentGraph, Step
+from agentgraph.api.graph import AgentGraph, EnvFrom, EnvSource, KeyRef, ObjectRef, Step
 from agentgraph.api.hardware import DeviceType, HardwareProfile
 from agentgraph.api.naming import (
     LABEL_COMPONENT,
@@ -156,6 +156,27 @@ def _slowdown(profile: HardwareProfile) -> float:
     return value if math.isfinite(value) and value > 0 else 1.0
 
 
+def _ref(ref: KeyRef | ObjectRef) -> dict[str, Any]:
+    """As the API server stores it: ``optional`` only when set."""
+    return ref.model_dump(by_alias=True, exclude_defaults=True)
+
+
+def _source(source: EnvSource) -> dict[str, Any]:
+    if source.secret_key_ref is not None:
+        return {"secretKeyRef": _ref(source.secret_key_ref)}
+    assert source.config_map_key_ref is not None
+    return {"configMapKeyRef": _ref(source.config_map_key_ref)}
+
+
+def _env_from(e: EnvFrom) -> dict[str, Any]:
+    out: dict[str, Any] = ({"secretRef": _ref(e.secret_ref)} if e.secret_ref is not None
+                           else {"configMapRef": _ref(e.config_map_ref)}
+                           if e.config_map_ref is not None else {})
+    if e.prefix:
+        out["prefix"] = e.prefix
+    return out
+
+
 def _pod_env(graph: str) -> list[dict[str, Any]]:
     return [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAMESPACE",
@@ -169,7 +190,7 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
     name = graph.metadata.name
     step = _step_spec(graph, a.step)
     container = step.container
-    port = container.port if container else HTTP_PORT
+    port = (container.port if container else None) or HTTP_PORT
     match = selector(name, a.step, a.phase)
     labels = {**MANAGED_BY, **match}
     pod_labels = {**labels, LABEL_POOL: a.pool, LABEL_COMPONENT: "worker"}
@@ -177,6 +198,8 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
                                           _slowdown(profile))
     env: list[dict[str, Any]] = [
         {"name": k, "value": v} for k, v in sorted((container.env if container else {}).items())]
+    env += [{"name": k, "valueFrom": _source(v)}
+            for k, v in sorted((container.value_from if container else {}).items())]
     env += [
         *_pod_env(name),
         {"name": "AGENTGRAPH_STEP", "value": a.step},
@@ -189,7 +212,7 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
         ref = step.vector_search.corpus
         env.append({"name": CORPUS_ENV, "valueFrom": {"configMapKeyRef": {
             "name": ref.name, "key": ref.key}}})
-    if container is not None:
+    if container is not None and container.image is not None:
         main: dict[str, Any] = {"name": "step", "image": container.image,
                                 "args": list(container.args)}
         ports = [{"name": "http", "containerPort": port}]
@@ -203,6 +226,9 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
         metrics_port = METRICS_PORT
     main.update(env=env, ports=ports, resources=_resources(a, profile, step),
                 securityContext=CONTAINER_SECURITY, **_probes("http"))
+    if container is not None and container.env_from:
+        main["envFrom"] = [_env_from(e) for e in container.env_from]
+    pull = [{"name": n} for n in (container.image_pull_secrets if container else [])]
     obj = object_name(name, a.step, a.phase)
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta_of(obj, labels),
@@ -219,6 +245,7 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
                      "automountServiceAccountToken": False,
                      "enableServiceLinks": False,
                      "securityContext": POD_SECURITY,
+                     **({"imagePullSecrets": pull} if pull else {}),
                      "nodeSelector": dict(profile.spec.pool.node_selector),
                      "tolerations": _tolerations(profile),
                      "containers": [main],

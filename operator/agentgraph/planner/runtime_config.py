@@ -43,7 +43,7 @@ def _predicted(plan: Plan, a: Assignment) -> float:
 
 def _port(model: GraphModel, step: str) -> int:
     container = model.steps[step].step.container
-    return container.port if container else HTTP_PORT
+    return container.port or HTTP_PORT if container else HTTP_PORT
 
 
 def request_timeout(graph: AgentGraph, plan: Plan) -> float:
