@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from agentgraph.controller import leader
+from agentgraph.planner import solve
+from builders import ROOT
 
 
 @pytest.fixture()
@@ -62,3 +66,55 @@ def test_release_returns_whatever_the_api_server_does(where: str, silent_server:
     # well inside a pod's default 30 s grace period, whatever the client's own retries do
     assert done.wait(leader.RELEASE_SECONDS + 5), "release() did not return"
     assert errors == []
+
+
+class FakeLeases:
+    """The three Lease calls Leader makes, in memory; every renewal's time is kept."""
+
+    def __init__(self) -> None:
+        self.lease: client.V1Lease | None = None
+        self.renewals: list[float] = []
+
+    def read_namespaced_lease(self, name: str, namespace: str, **_: object) -> client.V1Lease:
+        if self.lease is None:
+            raise client.ApiException(status=404)
+        return self.lease
+
+    def create_namespaced_lease(self, namespace: str, body: client.V1Lease) -> None:
+        self.lease = body
+        self.renewals.append(time.monotonic())
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: client.V1Lease,
+                                 **_: object) -> None:
+        self.lease = body
+        self.renewals.append(time.monotonic())
+
+
+def test_a_solve_longer_than_the_lease_never_starves_its_renewal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The solve runs in the reconciling thread; the lease is renewed from another. HiGHS
+    releases the GIL while it works, so renewals keep their pace through a solve several
+    times longer than the lease (a starved one would have made the leader exit)."""
+    monkeypatch.setattr(leader, "LEASE_SECONDS", 1)  # whole seconds, as the Lease takes
+    exits: list[int] = []
+    monkeypatch.setattr(leader.os, "_exit", exits.append)
+    sys.path.insert(0, str(ROOT / "bench"))
+    import planner_bench
+
+    profiles = planner_bench.pools()
+    graph = planner_bench.generated(200, 2, profiles, 1.5, "agents")  # about 3 s here
+    fake = FakeLeases()
+    lead = leader.Leader(client.ApiClient(client.Configuration()), "ns", identity="me")
+    lead.leases = fake  # type: ignore[assignment]
+    lead.acquire(timeout=5)
+    started = time.monotonic()
+    plan = solve.plan(graph, profiles)
+    took = time.monotonic() - started
+    lead.release()
+    assert plan.feasible
+    assert took > 2 * leader.LEASE_SECONDS, f"the solve took {took:.2f} s: not a long one"
+    during = [t for t in fake.renewals if started <= t <= started + took]
+    assert len(during) >= took / leader.LEASE_SECONDS  # one every third of the lease, about
+    gaps = [b - a for a, b in zip([started, *during], [*during, started + took], strict=True)]
+    assert max(gaps) < leader.LEASE_SECONDS * 2 / 3 + 0.5, gaps
+    assert exits == []
