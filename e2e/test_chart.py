@@ -85,6 +85,12 @@ def test_lint_and_render_twice_identically(helm: Helm) -> None:
     assert "helm.sh/resource-policy: keep" in render(helm)
     assert "CustomResourceDefinition" not in render(helm, "crds.enabled=false")
     assert "helm.sh/resource-policy" not in render(helm, "crds.keep=false")
+    # A PodDisruptionBudget keeps a standby through a drain, where there is one to keep.
+    [pdb] = [d for d in yaml.safe_load_all(render(helm)) if d and d["kind"] ==
+             "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "PodDisruptionBudget" not in render(helm, "replicaCount=1")
+    assert "PodDisruptionBudget" not in render(helm, "podDisruptionBudget.enabled=false")
 
 
 def test_a_misspelt_value_is_refused_naming_it(helm: Helm) -> None:
@@ -99,7 +105,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(kube: Kube, helm: Helm) -> 
                "--field-manager=helm-dry-run", "-f", "-",
                stdin=render(helm, "hardwareProfiles.builtin=true"))
     for kind in ("customresourcedefinition", "deployment.apps", "clusterrole.rbac",
-                 "role.rbac", "serviceaccount", "configmap"):
+                 "role.rbac", "serviceaccount", "configmap", "poddisruptionbudget.policy"):
         assert kind in out, out
 
 

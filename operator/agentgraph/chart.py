@@ -97,10 +97,17 @@ class HardwareProfiles(Values):
     extra: list[Profile] = Field(default_factory=list)  # your own pools
 
 
+class PodDisruptionBudget(Values):
+    # With more than one replica: a drain evicts the operator's pods one at a time, so a
+    # standby is always there to take the Lease.
+    enabled: bool = True
+
+
 class ChartValues(Values):
     image: Image = Field(default_factory=Image)
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
     replica_count: int = Field(2, ge=1)  # one leads (Lease), the others stand by
+    pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
     crds: Crds = Field(default_factory=Crds)
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
