@@ -17,10 +17,10 @@ from agentgraph.api.graph import AgentGraph
 from agentgraph.api.runtime import TIMEOUT_HEADER
 from agentgraph.local import running
 from agentgraph.planner import runtime_config, solve
-from agentgraph.runtime import emulator, http
+from agentgraph.runtime import emulator, http, steps
 from agentgraph.runtime.endpoints import Endpoint, Endpoints
 from agentgraph.runtime.worker import Worker
-from builders import LLAMA3_8B, make_graph, shipped_profiles, tool
+from builders import LLAMA3_8B, compute, make_graph, shipped_profiles, tool
 
 PROFILES = shipped_profiles()
 
@@ -380,3 +380,14 @@ def test_endpoints_are_the_ready_pods_and_the_pick_prefers_the_less_busy() -> No
     endpoints.update(executed, pods)  # a pod that stays keeps its count
     assert endpoints.by_phase[("call", "run")][0].in_flight == 5
     assert endpoints.pick("call", "run", exclude=["a", "b"]) is None
+
+
+def test_a_step_given_only_as_a_cost_table_is_emulated() -> None:
+    """No workload to run, only measured times: its worker waits them (it crashed looking
+    for the kind's block before)."""
+    table = {"entries": [{"pool": "cpu", "latencySeconds": 0.2, "costPerRequest": 0.001}]}
+    for kind in ("compute", "embedding", "vector-search"):
+        graph = make_graph([{"name": "m", "kind": kind, "costModel": "table", "table": table}])
+        assert steps.emulated(graph.spec.steps[0], emulate=False), kind
+    real = make_graph([compute("c")]).spec.steps[0]
+    assert not steps.emulated(real, emulate=False)

@@ -104,12 +104,17 @@ class ComputeStep:
 
 def emulated(spec: Step, emulate: bool) -> bool:
     """Whether a reference worker emulates this step: always for LLMs without a server and
-    for speech (no such model runs here), tools without a URL, and anything asked to."""
+    for speech (no such model runs here), tools without a URL, a step given only as a cost
+    table (there is no workload to run, only the times measured), and anything asked to."""
     if spec.kind is StepKind.LLM:
         return spec.llm is None or spec.llm.server is None
     if spec.kind in (StepKind.SPEECH_TO_TEXT, StepKind.TEXT_TO_SPEECH):
         return True
     if spec.kind is StepKind.TOOL and (spec.tool is None or spec.tool.url is None):
+        return True
+    workload = {StepKind.COMPUTE: spec.compute, StepKind.EMBEDDING: spec.embedding,
+                StepKind.VECTOR_SEARCH: spec.vector_search}
+    if spec.kind in workload and workload[spec.kind] is None:
         return True
     return emulate
 
