@@ -6,7 +6,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
@@ -75,7 +75,11 @@ class FakeLeases:
         self.lease: client.V1Lease | None = None
         self.renewals: list[float] = []
 
+    down = False  # the API server unreachable
+
     def read_namespaced_lease(self, name: str, namespace: str, **_: object) -> client.V1Lease:
+        if self.down:
+            raise ConnectionRefusedError("the API server is away")
         if self.lease is None:
             raise client.ApiException(status=404)
         return self.lease
@@ -118,3 +122,36 @@ def test_a_solve_longer_than_the_lease_never_starves_its_renewal(
     gaps = [b - a for a, b in zip([started, *during], [*during, started + took], strict=True)]
     assert max(gaps) < leader.LEASE_SECONDS * 2 / 3 + 0.5, gaps
     assert exits == []
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_an_api_server_outage_pauses_the_leader_and_it_goes_on_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(leader, "LEASE_SECONDS", 1)
+    exits: list[int] = []
+    monkeypatch.setattr(leader.os, "_exit", exits.append)
+    fake = FakeLeases()
+    lead = leader.Leader(client.ApiClient(client.Configuration()), "ns", identity="me")
+    lead.leases = fake  # type: ignore[assignment]
+    lead.acquire(timeout=5)
+    assert lead.holding()
+    fake.down = True
+    _wait("the leader to stop acting", lambda: not lead.holding(), 5)
+    fake.down = False  # back, and the Lease is still ours
+    _wait("the leader to act again", lead.holding, 5)
+    assert exits == []
+    # Away again, and meanwhile another replica took the Lease: this one must go.
+    fake.down = True
+    _wait("the leader to stop acting", lambda: not lead.holding(), 5)
+    assert fake.lease is not None and fake.lease.spec is not None
+    fake.lease.spec.holder_identity = "other"
+    fake.lease.spec.renew_time = leader._now()
+    fake.down = False
+    _wait("the exit", lambda: 3 in exits, 5)
+    lead._stop.set()

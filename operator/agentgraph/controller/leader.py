@@ -1,8 +1,10 @@
 """Leader election on a coordination.k8s.io Lease: only the holder reconciles.
 
-A replica blocks at start-up until it holds the Lease, renews it every third of its duration, and
-exits if it cannot renew in time (its Deployment restarts it as a standby). Takeover uses the
-Lease's resourceVersion, so two replicas can never both win.
+A replica blocks at start-up until it holds the Lease and renews it every third of its duration.
+When it cannot renew in time (the API server is down or unreachable) it stops acting
+(``holding()`` is False: reconciles wait) and keeps trying: if it gets the Lease back, it goes on
+without a restart; if another replica holds it meanwhile, it exits (its Deployment restarts it
+as a standby). Takeover uses the Lease's resourceVersion, so two replicas can never both win.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Leader:
         self.namespace, self.name = namespace, name
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
+        self._fresh = threading.Event()  # set while the Lease is ours and renewed in time
 
     def _try(self) -> bool:
         spec = client.V1LeaseSpec(holder_identity=self.identity,
@@ -84,7 +87,12 @@ class Leader:
                 said = True
             time.sleep(2)
         log.info("leading as %s", self.identity)
+        self._fresh.set()
         threading.Thread(target=self._renew, daemon=True, name="lease-renewal").start()
+
+    def holding(self) -> bool:
+        """Whether this replica may act now: it holds the Lease and renewed it in time."""
+        return self._fresh.is_set()
 
     def _renew(self) -> None:
         last = time.monotonic()
@@ -92,13 +100,21 @@ class Leader:
             try:
                 if self._try():
                     last = time.monotonic()
+                    if not self._fresh.is_set():
+                        log.warning("renewed the lease %s/%s again: acting again",
+                                    self.namespace, self.name)
+                        self._fresh.set()
                     continue
-            except Exception:  # keep trying until the lease would have run out
-                log.exception("lease renewal failed")
-            if time.monotonic() - last > LEASE_SECONDS * 2 / 3:
-                log.error("lost the lease %s/%s: exiting so a standby can lead", self.namespace,
-                          self.name)
+                # The API server answered and another replica holds the Lease.
+                log.error("lost the lease %s/%s to another replica: exiting so it leads "
+                          "alone", self.namespace, self.name)
                 os._exit(3)
+            except Exception as e:  # unreachable or refusing: nobody else can take it either
+                log.warning("lease renewal failed: %s", type(e).__name__)
+            if self._fresh.is_set() and time.monotonic() - last > LEASE_SECONDS * 2 / 3:
+                log.error("could not renew the lease %s/%s for %.0f s: not acting until it is "
+                          "renewed", self.namespace, self.name, time.monotonic() - last)
+                self._fresh.clear()
 
     def release(self) -> None:
         """Stop renewing and hand the Lease back, so a standby takes over at once. Best effort
