@@ -2,7 +2,8 @@
 
 The cluster is read from kopf indexes (Nodes, Pods, HardwareProfiles, AgentGraphs), which
 kopf fills before any handler runs, so a reconcile lists nothing cluster-wide. Triggers:
-  AgentGraph resume/create/spec update, HardwareProfile change, the resync loop -> FULL
+  an AgentGraph seen first, or with a new generation (create, resume, spec update),
+  a HardwareProfile change, the resync loop                                     -> FULL
   the replanner loop (every replan.intervalSeconds) -> MEASURE (FULL when it learned something)
   Node joining/leaving/changing a pool      -> FULL for the graphs on that pool, and unplanned ones
   one of our Deployments changing           -> READINESS (escalates to FULL on drift)
@@ -62,6 +63,8 @@ def _cluster() -> Cluster:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # No change-detecting handler (create/update/resume) is registered: nothing of these is
+    # written; the prefix keeps kopf's names ours should one ever be.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
@@ -139,6 +142,11 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
         return outcome
 
     def work(asked: Level) -> None:
+        if STATE.leader is not None and not STATE.leader.holding():
+            # The Lease went stale (the API server is away): another replica may be leading
+            # by now. The resync reconciles this graph once the Lease is renewed.
+            log.info("%s/%s: not reconciling: the lease is not renewed", namespace, name)
+            return
         cluster = _cluster()
         obj = cluster.graph(namespace, name)
         if obj is None:
@@ -212,13 +220,6 @@ def _measure(cluster: Cluster, obj: dict[str, Any], kwargs: Mapping[str, Any]) -
     return Level.FULL if outcome.replan else Level.READINESS
 
 
-@kopf.on.resume(GROUP, VERSION, "agentgraphs")
-@kopf.on.create(GROUP, VERSION, "agentgraphs")
-@kopf.on.update(GROUP, VERSION, "agentgraphs", field="spec")
-def on_graph(namespace: str | None, name: str, **kwargs: Any) -> None:
-    _request(indexes.namespaced(namespace), name, Level.FULL, kwargs)
-
-
 async def _every(interval: float, level: Level) -> None:
     """Every graph at ``level``, one after another, every ``interval`` seconds: the resync
     (FULL: drift, readiness and capacity re-read, a level-based safety net) and the replanner
@@ -271,7 +272,7 @@ async def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
         return
     seen[name] = mark
     if not STATE.started or event.get("type") is None:
-        return  # the initial listing (type None): each graph is reconciled on resume anyway
+        return  # the initial listing (type None): each graph is reconciled on first sight anyway
     known, _ = installed_profiles.validated([v for s in kwargs["profiles"].values() for v in s])
     labels = dict(body.get("metadata", {}).get("labels", {}))
     pools = _pools_of(labels, known) | (_pools_of(dict(before[0]), known) if before else set())
@@ -284,7 +285,7 @@ async def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "hardwareprofiles")
 async def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
     """A profile changed: prices, speeds or pools may all differ, so every graph replans. Not
-    for the initial listing (type None): every graph is reconciled on resume anyway, and
+    for the initial listing (type None): every graph is reconciled on first sight anyway, and
     eleven profiles would otherwise mean eleven FULL reconciles of every graph at start-up."""
     if not STATE.started or event.get("type") is None:
         return
@@ -310,13 +311,24 @@ async def on_arrival(event: kopf.RawEvent, namespace: str | None, name: str, bod
 
 @kopf.on.event(GROUP, VERSION, "agentgraphs")
 async def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
-                         **kwargs: Any) -> None:
+                         body: kopf.Body, **kwargs: Any) -> None:
     """A deleted graph's children go by garbage collection; its metrics and its hold go here,
     and the graphs waiting for room try again. A status written while a child changed may
     have crossed that child's event: when the caches now say Ready should flip, check."""
     key = (indexes.namespaced(namespace), name)
     if event.get("type") == "DELETED":
+        STATE.generations.pop(key, None)
         _dispatch(_gone, key, kwargs)
+        return
+    # Level-based, by generation: the first sight of a graph (the initial listing, or it was
+    # created) and every spec change reconcile it in FULL; our own status writes do not. Not
+    # kopf's create/update/resume handlers: they keep the whole spec in an annotation (kopf's
+    # last-handled configuration), which a spec near the API server's 256 KiB limit on
+    # annotations cannot carry, and they patch the user's object.
+    generation = body.get("metadata", {}).get("generation")
+    if key not in STATE.generations or STATE.generations[key] != generation:
+        STATE.generations[key] = generation
+        _submit(*key, Level.FULL, kwargs)
         return
     shown = list(kwargs["placed"].get(key, ()))
     if STATE.started and shown:

@@ -30,6 +30,8 @@ class State:
     indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
     last_full: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic seconds
+    # per graph, the metadata.generation last sent to a FULL reconcile (a spec change bumps it)
+    generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
     started: bool = False
     ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
     admitter: Admitter | None = None  # decides newcomers; set up by main()
