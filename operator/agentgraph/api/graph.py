@@ -27,6 +27,9 @@ from agentgraph.api.common import (
 from agentgraph.api.naming import GATEWAY
 
 MAX_STEPS = 512
+# A sub-agent's own steps: the CRD checks them with the same CEL rules as top-level steps, and
+# the API server's cost budget for those rules bounds how many a list may hold.
+MAX_AGENT_STEPS = 128
 DTYPE_BYTES = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -169,8 +172,8 @@ class ComputeWorkload(ApiModel):
 class AgentWorkload(ApiModel):
     """A nested sub-graph; it is flattened into the parent as '<agent>.<step>'."""
 
-    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
-    loops: list[Loop] = Field(default_factory=list, max_length=64)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_AGENT_STEPS)
+    loops: list[Loop] = Field(default_factory=list, max_length=16)
 
 
 class TableEntry(ApiModel):
