@@ -587,6 +587,20 @@ def down() -> None:
                                             if reaped else ""))
 
 
+def restart_apiserver() -> None:
+    """For the e2e test of an API server outage: stop kube-apiserver, wait until its port is
+    free, and start it again on the same etcd (the rest of the cluster stays up)."""
+    pids = _pids()
+    proc = pids.pop("kube-apiserver", None)
+    if proc is None or not _alive(proc):
+        raise SystemExit("cluster: kube-apiserver is not running here (make cluster)")
+    _stop({"kube-apiserver": proc})
+    PIDS.write_text(json.dumps(pids))
+    _wait("the API server's port to free", lambda: _port_free(APISERVER_PORT), 30)
+    start()  # starts what is not running: only the API server
+    log("kube-apiserver restarted")
+
+
 def stop_operator() -> None:
     """Stop a demo operator, so the e2e suite's own operator can take the Lease."""
     pids = _pids()
@@ -646,7 +660,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("command",
                     choices=["up", "down", "status", "build", "stop-operator", "kind-up",
-                             "stop-prometheus", "start-prometheus"])
+                             "stop-prometheus", "start-prometheus", "restart-apiserver"])
     args = ap.parse_args()
     if args.command == "up":
         up()
@@ -662,6 +676,8 @@ def main() -> int:
         stop_prometheus()
     elif args.command == "start-prometheus":
         start_prometheus()
+    elif args.command == "restart-apiserver":
+        restart_apiserver()
     else:
         return status()
     return 0
