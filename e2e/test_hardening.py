@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -363,3 +364,97 @@ def test_the_operator_rides_out_an_api_server_restart(kube: Kube, operator: Oper
     after = sorted(d["metadata"]["name"]
                    for d in kube.json("get", "deployments", "-n", namespace)["items"])
     assert after == before
+
+
+GRAPHS = 20
+
+
+def _steps_as_planned(kube: Kube, namespace: str) -> bool:
+    """Every graph planned at generation 2, Ready, and its Deployments exactly the plan's."""
+    graphs = kube.json("get", "agentgraphs.agentgraph.dev", "-n", namespace)["items"]
+    deployments = kube.json("get", "deployments", "-n", namespace)["items"]
+    if len(graphs) != GRAPHS:
+        return False
+    for g in graphs:
+        st, name = g.get("status", {}), g["metadata"]["name"]
+        found = {c["type"]: c for c in st.get("conditions", [])}
+        if found.get("Planned", {}).get("observedGeneration") != 2 or found.get(
+                "Ready", {}).get("status") != "True":
+            return False
+        mine = {d["metadata"]["name"]: d for d in deployments
+                if d["metadata"]["labels"].get("agentgraph.dev/graph") == name}
+        wanted = {f"{name}-{s['step']}": s["replicas"] for s in st["plan"]["steps"]}
+        if set(mine) != {*wanted, f"{name}-gateway"}:
+            return False
+        if any(mine[d]["spec"]["replicas"] != n for d, n in wanted.items()):
+            return False
+    return True
+
+
+def test_a_leader_killed_amid_twenty_updates_converges_without_rollback(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """Twenty graphs Ready; all twenty updated (ten times the load: more replicas), and the
+    operator SIGKILLed as soon as the first update is planned. Restarted, every graph
+    converges on its new plan: no graph back at its old replicas, no duplicate or orphaned
+    Deployment."""
+    kube("label", "namespace", namespace, "agentgraph.dev/pod-runner=ready-only")
+    docs = [graph(metadata={"name": f"many-{i}"}) for i in range(GRAPHS)]
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin="\n---\n".join(yaml.safe_dump(d) for d in docs))
+    wait_for("twenty graphs Ready", lambda: sum(
+        conditions(kube, namespace, f"many-{i}").get("Ready", {}).get("status") == "True"
+        for i in range(GRAPHS)) == GRAPHS, 240)
+    before = {f"many-{i}": sum(s["replicas"] for s in kube.json(
+        "get", "agentgraphs.agentgraph.dev", f"many-{i}", "-n", namespace)["status"]["plan"][
+        "steps"]) for i in range(GRAPHS)}
+    for d in docs:
+        d["spec"]["sla"]["targetRequestsPerSecond"] = 20
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin="\n---\n".join(yaml.safe_dump(d) for d in docs))
+
+    def one_updated() -> bool:
+        return any(conditions(kube, namespace, f"many-{i}").get("Planned", {}).get(
+            "observedGeneration") == 2 for i in range(GRAPHS))
+
+    wait_for("the first update planned", one_updated, 60)
+    Operator.stop(operator.procs[-1], signal.SIGKILL)
+    operator.start()
+    wait_for("every graph on its new plan", lambda: _steps_as_planned(kube, namespace), 300)
+    for name, replicas in before.items():
+        plan = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)[
+            "status"]["plan"]
+        assert sum(s["replicas"] for s in plan["steps"]) > replicas, name  # never rolled back
+    for d in kube.json("get", "deployments", "-n", namespace)["items"]:
+        [owner] = d["metadata"]["ownerReferences"]
+        assert owner["kind"] == "AgentGraph"
+
+
+def test_an_unusable_profile_says_why(kube: Kube, operator: Operator) -> None:
+    """The CRD takes it (the rule is the operator's), the operator cannot use it: its status
+    says Valid=False with the field, and a Warning event says so; fixed, it turns Valid."""
+    profile = yaml.safe_load((ROOT / "hardware_profiles" / "xeon-8480.yaml").read_text())
+    profile["metadata"] = {"name": "e2e-broken-cpu"}
+    profile["spec"]["resourceName"] = "nvidia.com/gpu"  # a CPU profile with a GPU resource
+    profile["spec"]["pool"]["nodeSelector"] = {"agentgraph.dev/pool": "e2e-none"}
+    kube("apply", "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin=yaml.safe_dump(profile))
+    try:
+        def valid() -> str | None:
+            obj = kube.json("get", "hardwareprofiles.agentgraph.dev", "e2e-broken-cpu")
+            found = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+            return found.get("Valid", {}).get("status")
+
+        wait_for("Valid=False", lambda: valid() == "False", 30)
+        obj = kube.json("get", "hardwareprofiles.agentgraph.dev", "e2e-broken-cpu")
+        [cond] = obj["status"]["conditions"]
+        assert "a cpu profile has resourceName 'none'" in cond["message"]
+        events = [e for e in kube.json("get", "events", "-n", "default")["items"]
+                  if e["involvedObject"]["name"] == "e2e-broken-cpu"]
+        assert events and events[0]["type"] == "Warning" and events[0]["reason"] == "Invalid"
+        profile["spec"]["resourceName"] = "none"
+        kube("apply", "--server-side", "--field-manager=e2e", "-f", "-",
+             stdin=yaml.safe_dump(profile))
+        wait_for("Valid=True once fixed", lambda: valid() == "True", 30)
+    finally:
+        kube("delete", "hardwareprofiles.agentgraph.dev", "e2e-broken-cpu",
+             "--ignore-not-found")

@@ -221,3 +221,28 @@ def test_reconcile_error_is_shown_until_a_full_reconcile_goes_through() -> None:
     [cond] = [c for c in again["conditions"] if c["type"] == "ReconcileError"]
     assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == (
         "False", "Reconciled", "t2")
+
+
+def test_a_profile_status_says_whether_it_can_be_used() -> None:
+    bad = status.profile_status(None, ["HardwareProfile/x: spec: a cpu profile has "
+                                       "resourceName 'none'"], 2, at="t1")
+    [cond] = bad["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Valid", "False", "Invalid")
+    assert "resourceName 'none'" in cond["message"] and bad["observedGeneration"] == 2
+    assert not status.changed(bad, status.profile_status(bad, [
+        "HardwareProfile/x: spec: a cpu profile has resourceName 'none'"], 2, at="t2"))
+    fixed = status.profile_status(bad, [], 3, at="t3")
+    [cond] = fixed["conditions"]
+    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == ("True", "Valid",
+                                                                             "t3")
+
+
+def test_a_profile_with_the_status_the_operator_wrote_is_still_usable() -> None:
+    from agentgraph.controller import profiles
+
+    raw = make_pool("gpu").model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw["metadata"]["resourceVersion"] = "7"
+    raw["status"] = status.profile_status(None, [], 1, at="t")
+    assert profiles.problems(raw) == []
+    good, bad = profiles.validated([raw])
+    assert [p.name for p in good] == ["gpu"] and bad == []

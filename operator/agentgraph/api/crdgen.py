@@ -15,7 +15,7 @@ from agentgraph.api import GROUP, VERSION
 from agentgraph.api.common import ApiModel
 from agentgraph.api.graph import GRAPH_NAME, GRAPH_NAME_MESSAGE, KIND_FIELD, AgentGraph
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.status import AgentGraphStatus
+from agentgraph.api.status import AgentGraphStatus, HardwareProfileStatus
 
 Schema = dict[str, Any]
 DEFAULT_MAX_ITEMS = 256
@@ -149,11 +149,11 @@ def _root_schema(model: type[AgentGraph] | type[HardwareProfile]) -> Schema:
     defs = schema.get("$defs", {})
     spec_ref = schema["properties"]["spec"]
     spec = _convert(spec_ref, defs, None, {})
-    status: Schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    if model is AgentGraph:  # what the operator writes, typed (api/status.py)
-        typed = AgentGraphStatus.model_json_schema(by_alias=True, mode="serialization")
-        status = _convert({k: v for k, v in typed.items() if k != "$defs"},
-                          typed.get("$defs", {}), None, {})
+    # what the operator writes, typed (api/status.py)
+    written = AgentGraphStatus if model is AgentGraph else HardwareProfileStatus
+    typed = written.model_json_schema(by_alias=True, mode="serialization")
+    status = _convert({k: v for k, v in typed.items() if k != "$defs"},
+                      typed.get("$defs", {}), None, {})
     root: Schema = {
         "type": "object",
         "required": ["spec"],

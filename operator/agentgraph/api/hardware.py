@@ -137,6 +137,8 @@ class HardwareProfile(ApiModel):
     kind: Literal["HardwareProfile"] = "HardwareProfile"
     metadata: ObjectMeta
     spec: HardwareProfileSpec
+    # Written by the operator (Valid); accepted on input so a profile read back validates.
+    status: dict[str, object] | None = None
 
     @property
     def name(self) -> str:

@@ -11,6 +11,8 @@ Conditions (sorted by type; ``lastTransitionTime`` changes only when the status 
                       unreachable, not configured, or no samples): the plan is kept as it is
   Admitted            the graph holds room in the shared pools (False: InsufficientCapacity
                       with its queue position, or OverBudget for its namespace)
+  Valid               (HardwareProfile) False, with every problem, when the operator cannot
+                      use the profile (its pool is then left out of every plan)
   ReconcileError      True while reconciling fails with an error nobody foresaw (an API server
                       refusal, a bug): the message says what; retried with back-off. False
                       once a reconcile succeeds again; absent if none ever failed
@@ -41,6 +43,7 @@ class ConditionType(StrEnum):
     READY = "Ready"
     RECONCILE_ERROR = "ReconcileError"
     SLA_MET = "SLAMet"
+    VALID = "Valid"
 
 
 class Reason(StrEnum):
@@ -63,6 +66,8 @@ class Reason(StrEnum):
     WAITING = "Waiting"
     UNEXPECTED_ERROR = "UnexpectedError"
     RECONCILED = "Reconciled"
+    VALID = "Valid"
+    INVALID = "Invalid"
 
 
 Truth = Literal["True", "False"]
@@ -170,3 +175,8 @@ class AgentGraphStatus(StatusModel):
     observed: Observed | None = None
     replan: Replan | None = None
     admission: Admission | None = None
+
+
+class HardwareProfileStatus(StatusModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, max_length=4)

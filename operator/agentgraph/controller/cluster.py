@@ -123,20 +123,28 @@ class Cluster:
         _drain(self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, "agentgraphs", name, body, _preload_content=False))
 
-    def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str,
+              kind: str = "AgentGraph") -> None:
+        """An event about an AgentGraph, or (``kind``) a cluster-scoped HardwareProfile, whose
+        events go to the default namespace, as the API server files those of Nodes."""
         meta = graph["metadata"]
+        namespace = meta.get("namespace") or "default"
         at = datetime.now(UTC)
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.",
-                                         namespace=meta["namespace"]),
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),
             involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="AgentGraph", name=meta["name"],
-                namespace=meta["namespace"], uid=meta["uid"]),
+                api_version=f"{GROUP}/{VERSION}", kind=kind, name=meta["name"],
+                namespace=meta.get("namespace"), uid=meta["uid"]),
             type=type_, reason=reason, message=message[:1024],
             source=client.V1EventSource(component="agentgraph-operator"),
             first_timestamp=at, last_timestamp=at, count=1)
-        _drain(self.core.create_namespaced_event(meta["namespace"], body,
-                                                 _preload_content=False))
+        _drain(self.core.create_namespaced_event(namespace, body, _preload_content=False))
+
+    def patch_profile_status(self, name: str, status: dict[str, Any],
+                             previous: Mapping[str, Any] | None = None) -> None:
+        body = {"status": merge_patch(previous or {}, status)}
+        _drain(self.custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, "hardwareprofiles", name, body, _preload_content=False))
 
 
 def merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -283,14 +283,48 @@ async def on_node(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, "hardwareprofiles")
-async def on_profile(event: kopf.RawEvent, **kwargs: Any) -> None:
+async def on_profile(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     """A profile changed: prices, speeds or pools may all differ, so every graph replans. Not
     for the initial listing (type None): every graph is reconciled on first sight anyway, and
-    eleven profiles would otherwise mean eleven FULL reconciles of every graph at start-up."""
+    eleven profiles would otherwise mean eleven FULL reconciles of every graph at start-up.
+    Nor for a status write (the generation stays). Every profile's status says whether the
+    operator can use it (Valid), with a Warning event when it cannot."""
+    meta = body.get("metadata", {})
+    name = meta.get("name", "")
+    if event.get("type") == "DELETED":
+        STATE.profile_generations.pop(name, None)
+    else:
+        _dispatch(_profile_status, dict(body))
+        # What plans and pods read: the spec (its generation) and the annotations (the
+        # emulator's slowdown). A status write changes neither.
+        read = (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())))
+        if STATE.profile_generations.get(name) == read:
+            return
+        STATE.profile_generations[name] = read
     if not STATE.started or event.get("type") is None:
         return
     for namespace, graph in list(kwargs["graphs"]):
         _submit(namespace, graph, Level.FULL, kwargs)
+
+
+def _profile_status(raw: dict[str, Any]) -> None:
+    meta = raw["metadata"]
+    problems = installed_profiles.problems(raw)
+    previous = raw.get("status") or {}
+    new = status.profile_status(previous, problems, meta.get("generation"))
+    if not status.changed(previous, new):
+        return
+    cluster = _cluster()
+    try:
+        cluster.patch_profile_status(meta["name"], new, previous=previous)
+        if problems and status.condition_message(previous, ConditionType.VALID) != \
+                status.condition_message(new, ConditionType.VALID):
+            cluster.event(raw, "Warning", Reason.INVALID.value,
+                          "the operator cannot use this profile: " + "; ".join(problems),
+                          kind="HardwareProfile")
+    except client.ApiException as e:
+        log.warning("HardwareProfile %s: could not write its status: %s", meta["name"],
+                    e.reason)
 
 
 @kopf.on.event(GROUP, VERSION, "agentgraphs")

@@ -95,6 +95,11 @@ def _profile(raw: Mapping[str, Any]) -> tuple[HardwareProfile | None, list[str]]
     return found
 
 
+def problems(raw: Mapping[str, Any]) -> list[str]:
+    """What makes one HardwareProfile unusable, one line per field; empty when it is fine."""
+    return _profile(raw)[1]
+
+
 def validated(raw_profiles: list[Any]) -> tuple[list[HardwareProfile], list[str]]:
     good, bad = [], []
     for raw in sorted(raw_profiles, key=lambda r: r["metadata"]["name"]):

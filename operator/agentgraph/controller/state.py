@@ -32,6 +32,8 @@ class State:
     last_full: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic seconds
     # per graph, the metadata.generation last sent to a FULL reconcile (a spec change bumps it)
     generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    # per profile, what the plans read of it last: (generation, annotations)
+    profile_generations: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     started: bool = False
     ledger: Ledger = field(default_factory=Ledger)  # what every admitted graph holds
     admitter: Admitter | None = None  # decides newcomers; set up by main()

@@ -21,6 +21,7 @@ from agentgraph.api.status import (
     AgentGraphStatus,
     Condition,
     ConditionType,
+    HardwareProfileStatus,
     Observed,
     PlanSummary,
     Reason,
@@ -278,3 +279,17 @@ def with_measurement(previous: Mapping[str, Any], observed: Observed | None, rep
 
 def changed(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return dict(previous or {}) != dict(new)
+
+
+def profile_status(previous: Mapping[str, Any] | None, problems: Sequence[str],
+                   generation: int | None, at: str | None = None) -> Wire:
+    """A HardwareProfile's status: Valid, or not with every problem (sorted, one per line)."""
+    at = at or now()
+    prev = HardwareProfileStatus.model_validate(previous or {})
+    valid = condition(ConditionType.VALID, not problems,
+                      Reason.VALID if not problems else Reason.INVALID,
+                      "\n".join(sorted(problems)), generation, prev.conditions, at)
+    out: Wire = HardwareProfileStatus(observed_generation=generation,
+                                      conditions=[valid]).model_dump(
+        by_alias=True, exclude_none=True, mode="json")
+    return out
