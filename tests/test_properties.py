@@ -115,21 +115,24 @@ def test_plan_meets_every_constraint_it_reports(case: tuple[AgentGraph, list[Any
         assert ttft.value <= sla.ttft_seconds * (1 + TOL)
 
 
-@PROPERTY
-@given(scenarios())
-def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> None:
-    graph, pools = case
+Unpruned = tuple[graph_model.GraphModel, ClusterSnapshot, dict[str, candidates.StepOptions],
+                 list[tuple[str, Any]], list[list[candidates.Option]]]
+
+
+def unpruned(graph: AgentGraph, pools: list[HardwareProfile], most: int) -> Unpruned:
+    """Every option of every step phase, unpruned, for a brute force of at most ``most``
+    selections (hypothesis drops the larger cases)."""
     model = graph_model.build(graph)
     snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
     options = candidates.build(model, snapshot, SMALL, prune=False)
     slots = [(name, phase) for name, so in options.items() for phase in so.slots]
     choices = [options[n].slots[p] for n, p in slots]
-    assume(all(choices) and math.prod(len(c) for c in choices) <= 3000)
-    best = math.inf
-    for combo in itertools.product(*choices):
-        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
-        if ev.feasible:
-            best = min(best, ev.objective)
+    assume(all(choices) and math.prod(len(c) for c in choices) <= most)
+    return model, snapshot, options, slots, choices
+
+
+def assert_planned_at(graph: AgentGraph, pools: list[HardwareProfile], best: float) -> None:
+    """The plan costs what the brute force found, or there is none when it found none."""
     plan = solve.plan(graph, pools, SMALL)
     if math.isinf(best):
         assert not plan.feasible
@@ -137,6 +140,19 @@ def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> Non
         assert plan.feasible, plan.reasons
         assert plan.objective is not None
         assert math.isclose(plan.objective.value, best, rel_tol=TOL), (plan.objective.value, best)
+
+
+@PROPERTY
+@given(scenarios())
+def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> None:
+    graph, pools = case
+    model, snapshot, options, slots, choices = unpruned(graph, pools, 3000)
+    best = math.inf
+    for combo in itertools.product(*choices):
+        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
+        if ev.feasible:
+            best = min(best, ev.objective)
+    assert_planned_at(graph, pools, best)
 
 
 @PROPERTY
@@ -262,12 +278,7 @@ def test_loop_exit_matches_the_unrolled_graph(case: tuple[AgentGraph, list[Any]]
     force over the unrolled DAG: the graph leaves a loop at its heads."""
     graph, pools = case
     [loop] = graph.spec.loops
-    model = graph_model.build(graph)
-    snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
-    options = candidates.build(model, snapshot, SMALL, prune=False)
-    slots = [(name, phase) for name, so in options.items() for phase in so.slots]
-    choices = [options[n].slots[p] for n, p in slots]
-    assume(all(choices) and math.prod(len(c) for c in choices) <= 4000)
+    model, snapshot, options, slots, choices = unpruned(graph, pools, 4000)
     best = math.inf
     for combo in itertools.product(*choices):
         selection = dict(zip(slots, combo, strict=True))
@@ -281,10 +292,4 @@ def test_loop_exit_matches_the_unrolled_graph(case: tuple[AgentGraph, list[Any]]
         assert math.isclose(ev.objective, cost, rel_tol=1e-9, abs_tol=1e-15)
         if latency <= graph.spec.sla.latency_seconds * (1 + 1e-9):
             best = min(best, cost)
-    plan = solve.plan(graph, pools, SMALL)
-    if math.isinf(best):
-        assert not plan.feasible
-    else:
-        assert plan.feasible, plan.reasons
-        assert plan.objective is not None
-        assert math.isclose(plan.objective.value, best, rel_tol=TOL), (plan.objective.value, best)
+    assert_planned_at(graph, pools, best)

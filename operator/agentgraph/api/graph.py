@@ -215,6 +215,11 @@ class KeyRef(ApiModel):
     optional: bool = False
 
 
+def _exactly_one(first: object, second: object, names: str) -> None:
+    if (first is None) == (second is None):
+        raise ValueError(f"give exactly one of {names}")
+
+
 class EnvSource(ApiModel):
     """One environment variable from a key of a Secret or of a ConfigMap."""
 
@@ -223,8 +228,8 @@ class EnvSource(ApiModel):
 
     @model_validator(mode="after")
     def _one(self) -> EnvSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("give exactly one of secretKeyRef and configMapKeyRef")
+        _exactly_one(self.secret_key_ref, self.config_map_key_ref,
+                     "secretKeyRef and configMapKeyRef")
         return self
 
 
@@ -242,8 +247,7 @@ class EnvFrom(ApiModel):
 
     @model_validator(mode="after")
     def _one(self) -> EnvFrom:
-        if (self.secret_ref is None) == (self.config_map_ref is None):
-            raise ValueError("give exactly one of secretRef and configMapRef")
+        _exactly_one(self.secret_ref, self.config_map_ref, "secretRef and configMapRef")
         return self
 
 
