@@ -48,6 +48,11 @@ def plan() -> Plan:
     (status.with_error(status.build(None, 1, plan(), [], True, at="t"),
                        "full reconcile failed: denied", 1, at="t"), 1,
      ("Degraded", "full reconcile failed: denied")),
+    (status.with_error(None, "full reconcile failed: denied", 1, at="t"), 1,
+     ("Degraded", "full reconcile failed: denied")),  # a first reconcile failing
+    (status.with_error(status.build(None, 1, plan(), [], True, at="t"),
+                       "full reconcile failed: denied", 2, at="t"), 2,
+     ("Degraded", "full reconcile failed: denied")),  # failing on a new generation
     (status.build(None, 1, plan(), [], False, at="t", admission=Admission(),
                   waiting=(Reason.INSUFFICIENT_CAPACITY, "h100 is 8 devices short")), 1,
      ("Suspended", "h100 is 8 devices short")),

@@ -84,7 +84,8 @@ class FakeLeases:
             raise client.ApiException(status=404)
         return self.lease
 
-    def create_namespaced_lease(self, namespace: str, body: client.V1Lease) -> None:
+    def create_namespaced_lease(self, namespace: str, body: client.V1Lease,
+                                **_: object) -> None:
         self.lease = body
         self.renewals.append(time.monotonic())
 

@@ -257,6 +257,8 @@ def test_secrets_reach_the_pod_by_reference_only() -> None:
     ({"env": {"A=B": "x"}}, "env: ['A=B'] are not environment variable names"),
     ({"env": {"K": "x"}, "valueFrom": {"K": {"secretKeyRef": {"name": "s", "key": "k"}}}},
      "['K'] are in both env and valueFrom"),
+    ({"env": {"POD_IP": "1.2.3.4"}, "valueFrom": {"AGENTGRAPH_STEP": {"secretKeyRef": {
+        "name": "s", "key": "k"}}}}, "['AGENTGRAPH_STEP', 'POD_IP'] are set by the operator"),
 ])
 def test_bad_container_env_names_the_problem(container: dict[str, Any], expected: str) -> None:
     with pytest.raises(ValueError, match=re.escape(expected)):

@@ -313,7 +313,9 @@ def _version() -> str:
     try:
         return metadata.version("agentgraph")
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+        from agentgraph import __version__
+
+        return __version__
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,18 +12,19 @@ local function conditions(o)
 end
 
 local c = conditions(obj)
+local errored = c["ReconcileError"]
+if errored ~= nil and errored.status == "True" then  -- even before any plan was written
+  return {status = "Degraded", message = errored.message}
+end
 local planned, infeasible = c["Planned"], c["Infeasible"]
 if planned == nil and infeasible == nil then
   return {status = "Progressing", message = "waiting for the operator to plan it"}
 end
-local seen = (planned ~= nil and planned.observedGeneration) or infeasible.observedGeneration
+local seen = (planned ~= nil and planned.observedGeneration)
+  or (infeasible ~= nil and infeasible.observedGeneration) or nil
 if obj.metadata.generation ~= nil and seen ~= obj.metadata.generation then
   return {status = "Progressing",
           message = "the operator has not planned generation " .. obj.metadata.generation .. " yet"}
-end
-local errored = c["ReconcileError"]
-if errored ~= nil and errored.status == "True" then
-  return {status = "Degraded", message = errored.message}
 end
 if infeasible ~= nil and infeasible.status == "True" then
   return {status = "Degraded", message = infeasible.message}

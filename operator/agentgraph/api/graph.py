@@ -204,6 +204,9 @@ class TableModel(ApiModel):
 
 
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"  # what the API server takes for an env var
+# Variables the operator sets on every step pod: a step's own would clash with them.
+RESERVED_ENV = frozenset({"POD_IP", "POD_NAMESPACE"})
+RESERVED_ENV_PREFIX = "AGENTGRAPH_"
 # A Secret's or ConfigMap's name: a DNS-1123 subdomain.
 ObjectName = Annotated[str, Field(min_length=1, max_length=253,
                                   pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
@@ -277,6 +280,11 @@ class Container(ApiModel):
         both = sorted(set(self.env) & set(self.value_from))
         if both:
             raise ValueError(f"{both} are in both env and valueFrom: give each variable once")
+        ours = sorted(n for n in (*self.env, *self.value_from)
+                      if n in RESERVED_ENV or n.startswith(RESERVED_ENV_PREFIX))
+        if ours:
+            raise ValueError(f"{ours} are set by the operator (POD_IP, POD_NAMESPACE and "
+                             f"{RESERVED_ENV_PREFIX}*): use other names")
         return self
 
 

@@ -14,8 +14,9 @@ Conditions (sorted by type; ``lastTransitionTime`` changes only when the status 
   Valid               (HardwareProfile) False, with every problem, when the operator cannot
                       use the profile (its pool is then left out of every plan)
   ReconcileError      True while reconciling fails with an error nobody foresaw (an API server
-                      refusal, a bug): the message says what; retried with back-off. False
-                      once a reconcile succeeds again; absent if none ever failed
+                      refusal, a bug): the message says what; tried again by the next event
+                      or the resync. False once a FULL reconcile goes through; absent if
+                      none ever failed
 """
 
 from __future__ import annotations

@@ -39,19 +39,22 @@ class Leader:
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._fresh = threading.Event()  # set while the Lease is ours and renewed in time
+        self._renewed = 0.0  # time.monotonic() of the last renewal
 
     def _try(self) -> bool:
         spec = client.V1LeaseSpec(holder_identity=self.identity,
                                   lease_duration_seconds=LEASE_SECONDS,
                                   acquire_time=_now(), renew_time=_now())
         try:
-            lease = self.leases.read_namespaced_lease(self.name, self.namespace)
+            lease = self.leases.read_namespaced_lease(self.name, self.namespace,
+                                                      _request_timeout=self._timeout())
         except client.ApiException as e:
             if e.status != 404:
                 raise
             body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name), spec=spec)
             try:
-                self.leases.create_namespaced_lease(self.namespace, body)
+                self.leases.create_namespaced_lease(self.namespace, body,
+                                                    _request_timeout=self._timeout())
                 return True
             except client.ApiException as conflict:
                 if conflict.status == 409:
@@ -68,7 +71,8 @@ class Leader:
             spec.acquire_time = current.acquire_time
         lease.spec = spec
         try:  # replace carries resourceVersion: a concurrent takeover makes this a 409
-            self.leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            self.leases.replace_namespaced_lease(self.name, self.namespace, lease,
+                                                 _request_timeout=self._timeout())
             return True
         except client.ApiException as e:
             if e.status == 409:
@@ -87,19 +91,28 @@ class Leader:
                 said = True
             time.sleep(2)
         log.info("leading as %s", self.identity)
+        self._renewed = time.monotonic()
         self._fresh.set()
         threading.Thread(target=self._renew, daemon=True, name="lease-renewal").start()
 
+    @staticmethod
+    def _timeout() -> float:
+        """Each Lease call gives up well before the renewal falls behind (a call that hangs
+        must not keep ``holding()`` True)."""
+        return LEASE_SECONDS / 3
+
     def holding(self) -> bool:
-        """Whether this replica may act now: it holds the Lease and renewed it in time."""
-        return self._fresh.is_set()
+        """Whether this replica may act now: it holds the Lease and renewed it in time (by
+        the clock too, should the renewal thread be stuck in a call)."""
+        return self._fresh.is_set() and (
+            time.monotonic() - self._renewed <= LEASE_SECONDS * 2 / 3)
 
     def _renew(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(LEASE_SECONDS / 3):
             try:
                 if self._try():
-                    last = time.monotonic()
+                    last = self._renewed = time.monotonic()
                     if not self._fresh.is_set():
                         log.warning("renewed the lease %s/%s again: acting again",
                                     self.namespace, self.name)

@@ -178,7 +178,8 @@ def _request(namespace: str, name: str, level: Level, kwargs: Mapping[str, Any])
 
 def _failed(cluster: Cluster, namespace: str, name: str, level: Level, error: Exception) -> None:
     """An error nobody foresaw reaches the graph, not only the log: ReconcileError=True with
-    the message, and a Warning event when the message is new. kopf (or the next pass) retries."""
+    the message, and a Warning event when the message is new. The next event or the resync
+    tries again."""
     metrics.RECONCILES.labels(level.name, "error").inc()
     detail = str(error.body or error.reason) if isinstance(error, client.ApiException) else \
         str(error)
@@ -308,6 +309,8 @@ async def on_profile(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> No
 
 
 def _profile_status(raw: dict[str, Any]) -> None:
+    if STATE.leader is not None and not STATE.leader.holding():
+        return  # written by whoever leads; the next event or start-up listing brings it back
     meta = raw["metadata"]
     problems = installed_profiles.problems(raw)
     previous = raw.get("status") or {}

@@ -256,6 +256,7 @@ def _structure(
     back_edges: set[tuple[str, str]],
 ) -> GraphModel:
     loop_blocks: dict[int, LoopBlock] = {}
+    never: list[Issue] = []  # loops whose rest of the body can never run
     for index, (loop, path, prefix, members) in enumerate(scope.loops):
         name = loop.name or (prefix + loop.steps[0])
         member_set = set(members)
@@ -268,10 +269,12 @@ def _structure(
                                        loop.max_iterations, body_preds, heads)
         rest = loop_blocks[index].rest
         if rest and loop.max_iterations < 2:
-            raise PlanningError([Issue(
+            never.append(Issue(
                 f"{path}.maxIterations", f"1 never runs {', '.join(rest)}: the graph leaves "
                 "the loop after its heads, and the rest of the body runs only when it goes "
-                "round again; give at least 2, or move those steps out of the loop")])
+                "round again; give at least 2, or move those steps out of the loop"))
+    if never:
+        raise PlanningError(never)
     block_of = {
         s: (f"loop:{loop_blocks[loop_of[s]].name}" if s in loop_of else s) for s in steps
     }
