@@ -21,7 +21,8 @@ from typing import Any
 
 from agentgraph import __version__
 from agentgraph.api import API_VERSION, GROUP
-from agentgraph.api.graph import AgentGraph, EnvFrom, EnvSource, KeyRef, ObjectRef, Step
+from agentgraph.api.container import EnvFrom, EnvSource, KeyRef, ObjectRef
+from agentgraph.api.graph import AgentGraph, Step
 from agentgraph.api.hardware import DeviceType, HardwareProfile
 from agentgraph.api.naming import (
     LABEL_COMPONENT,
