@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import logging
+import math
 import os
 import socket
 import threading
@@ -38,8 +39,7 @@ class Leader:
         self.namespace, self.name = namespace, name
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
-        self._fresh = threading.Event()  # set while the Lease is ours and renewed in time
-        self._renewed = 0.0  # time.monotonic() of the last renewal
+        self._renewed = -math.inf  # time.monotonic() of the last renewal: none yet
 
     def _try(self) -> bool:
         spec = client.V1LeaseSpec(holder_identity=self.identity,
@@ -92,7 +92,6 @@ class Leader:
             time.sleep(2)
         log.info("leading as %s", self.identity)
         self._renewed = time.monotonic()
-        self._fresh.set()
         threading.Thread(target=self._renew, daemon=True, name="lease-renewal").start()
 
     @staticmethod
@@ -103,20 +102,19 @@ class Leader:
 
     def holding(self) -> bool:
         """Whether this replica may act now: it holds the Lease and renewed it in time (by
-        the clock too, should the renewal thread be stuck in a call)."""
-        return self._fresh.is_set() and (
-            time.monotonic() - self._renewed <= LEASE_SECONDS * 2 / 3)
+        the clock, so a renewal stuck in a call counts as late)."""
+        return time.monotonic() - self._renewed <= LEASE_SECONDS * 2 / 3
 
     def _renew(self) -> None:
-        last = time.monotonic()
+        acting = True  # for the log: when holding() turned, once
         while not self._stop.wait(LEASE_SECONDS / 3):
             try:
                 if self._try():
-                    last = self._renewed = time.monotonic()
-                    if not self._fresh.is_set():
+                    self._renewed = time.monotonic()
+                    if not acting:
                         log.warning("renewed the lease %s/%s again: acting again",
                                     self.namespace, self.name)
-                        self._fresh.set()
+                        acting = True
                     continue
                 # The API server answered and another replica holds the Lease.
                 log.error("lost the lease %s/%s to another replica: exiting so it leads "
@@ -124,10 +122,10 @@ class Leader:
                 os._exit(3)
             except Exception as e:  # unreachable or refusing: nobody else can take it either
                 log.warning("lease renewal failed: %s", type(e).__name__)
-            if self._fresh.is_set() and time.monotonic() - last > LEASE_SECONDS * 2 / 3:
+            if acting and not self.holding():
                 log.error("could not renew the lease %s/%s for %.0f s: not acting until it is "
-                          "renewed", self.namespace, self.name, time.monotonic() - last)
-                self._fresh.clear()
+                          "renewed", self.namespace, self.name, time.monotonic() - self._renewed)
+                acting = False
 
     def release(self) -> None:
         """Stop renewing and hand the Lease back, so a standby takes over at once. Best effort
