@@ -39,7 +39,6 @@ from agentgraph.api.runtime import (
     CONFIG_KEY,
     CORPUS_ENV,
     GATEWAY_PORT,
-    HTTP_PORT,
     METRICS_PORT,
     WORKER_CONFIG_ENV,
 )
@@ -170,9 +169,11 @@ def _source(source: EnvSource) -> dict[str, Any]:
 
 
 def _env_from(e: EnvFrom) -> dict[str, Any]:
-    out: dict[str, Any] = ({"secretRef": _ref(e.secret_ref)} if e.secret_ref is not None
-                           else {"configMapRef": _ref(e.config_map_ref)}
-                           if e.config_map_ref is not None else {})
+    if e.secret_ref is not None:
+        out: dict[str, Any] = {"secretRef": _ref(e.secret_ref)}
+    else:
+        assert e.config_map_ref is not None
+        out = {"configMapRef": _ref(e.config_map_ref)}
     if e.prefix:
         out["prefix"] = e.prefix
     return out
@@ -191,7 +192,7 @@ def _step_objects(graph: AgentGraph, plan: Plan, a: Assignment, profile: Hardwar
     name = graph.metadata.name
     step = _step_spec(graph, a.step)
     container = step.container
-    port = (container.port if container else None) or HTTP_PORT
+    port = runtime_config.step_port(step)
     match = selector(name, a.step, a.phase)
     labels = {**MANAGED_BY, **match}
     pod_labels = {**labels, LABEL_POOL: a.pool, LABEL_COMPONENT: "worker"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agentgraph.api.graph import AgentGraph
+from agentgraph.api.graph import AgentGraph, Step
 from agentgraph.api.hardware import HardwareProfile
 from agentgraph.api.naming import selector
 from agentgraph.api.plan import Assignment, Plan
@@ -41,9 +41,10 @@ def _predicted(plan: Plan, a: Assignment) -> float:
     return a.latency_seconds
 
 
-def _port(model: GraphModel, step: str) -> int:
-    container = model.steps[step].step.container
-    return container.port or HTTP_PORT if container else HTTP_PORT
+def step_port(step: Step) -> int:
+    """Where a step's pods listen: its own container's port, else the reference worker's."""
+    container = step.container
+    return container.port if container is not None and container.port else HTTP_PORT
 
 
 def request_timeout(graph: AgentGraph, plan: Plan) -> float:
@@ -62,8 +63,8 @@ def runtime_graph(graph: AgentGraph, plan: Plan, namespace: str,
     for a in plan.assignments:
         phases.setdefault(a.step, []).append(PhaseEndpoint(
             phase=a.phase or "run", selector=selector(name, a.step, a.phase),
-            port=_port(model, a.step), pool=a.pool, predicted_seconds=_predicted(plan, a),
-            batch=a.batch, replicas=a.replicas))
+            port=step_port(model.steps[a.step].step), pool=a.pool,
+            predicted_seconds=_predicted(plan, a), batch=a.batch, replicas=a.replicas))
     steps = []
     for flat in model.steps.values():
         runtime = flat.step.runtime
