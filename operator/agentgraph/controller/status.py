@@ -66,7 +66,7 @@ def parse(st: Mapping[str, Any] | None) -> AgentGraphStatus:
     return AgentGraphStatus.model_validate(kept)
 
 
-def dump(st: AgentGraphStatus) -> Wire:
+def dump(st: AgentGraphStatus | HardwareProfileStatus) -> Wire:
     out: Wire = st.model_dump(by_alias=True, exclude_none=True, mode="json")
     return out
 
@@ -289,7 +289,4 @@ def profile_status(previous: Mapping[str, Any] | None, problems: Sequence[str],
     valid = condition(ConditionType.VALID, not problems,
                       Reason.VALID if not problems else Reason.INVALID,
                       "\n".join(sorted(problems)), generation, prev.conditions, at)
-    out: Wire = HardwareProfileStatus(observed_generation=generation,
-                                      conditions=[valid]).model_dump(
-        by_alias=True, exclude_none=True, mode="json")
-    return out
+    return dump(HardwareProfileStatus(observed_generation=generation, conditions=[valid]))

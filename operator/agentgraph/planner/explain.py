@@ -33,24 +33,20 @@ def baselines(
     plan's, for ``extra``."""
     cpu = [p.name for p in snapshot.pools if p.is_cpu]
     accel = [p.name for p in snapshot.pools if not p.is_cpu]
-    on_cpu = [name for name, flat in model.steps.items() if not accelerated(flat.step)]
+    on_cpu = {name for name, flat in model.steps.items() if not accelerated(flat.step)}
     # Without CPU steps, or without a CPU pool to put them on, one accelerator type is one pool.
     mixed = bool(on_cpu and cpu)
-    out = []
-    for pool in accel:
-        if mixed:
-            within = {name: cpu if name in on_cpu else [pool] for name in model.steps}
-            out.append(_baseline(model, snapshot, settings, objective, time_limit, pool,
-                                 "accelerator", within))
-        else:
-            out.append(_baseline(model, snapshot, settings, objective, time_limit, pool,
-                                 "single-pool", {name: [pool] for name in model.steps}))
-    for pool in snapshot.names if mixed else cpu:
-        found = _baseline(model, snapshot, settings, objective, time_limit, pool,
-                          "single-pool", {name: [pool] for name in model.steps})
-        if found.feasible:
-            out.append(found)
-    return out
+
+    def baseline(pool: str, accelerated_only: bool) -> Baseline:
+        within = {name: cpu if accelerated_only and name in on_cpu else [pool]
+                  for name in model.steps}
+        return _baseline(model, snapshot, settings, objective, time_limit, pool,
+                         "accelerator" if accelerated_only else "single-pool", within)
+
+    out = [baseline(pool, accelerated_only=mixed) for pool in accel]
+    singles = (baseline(pool, accelerated_only=False) for pool in
+               (snapshot.names if mixed else cpu))
+    return out + [b for b in singles if b.feasible]
 
 
 def _baseline(model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings,
