@@ -151,10 +151,19 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
     table = Table("step", "phase", "pool", "TP", "batch", "replicas", "latency s",
                   "$/hour" if hourly else "$/request", "bound")
     for a in plan.assignments:
+        replicas = str(a.replicas) if a.server is None else (
+            f"{a.replicas} shared" if a.server == a.step else f"on {a.server}")
         table.add_row(a.step, a.phase or "", a.pool, str(a.tensor_parallel), str(a.batch),
-                      str(a.replicas), f"{a.latency_seconds:.4g}",
+                      replicas, f"{a.latency_seconds:.4g}",
                       _money(a.cost_per_hour if hourly else a.cost_per_request), a.bound)
     out.print(table)
+    if plan.servers:
+        st = Table("server", "phase", "pool", "TP", "batch", "replicas", "$/hour", "steps",
+                   title="shared model servers (one per model, phase and pool)")
+        for s in plan.servers:
+            st.add_row(s.name, s.phase, s.pool, str(s.tensor_parallel), str(s.batch),
+                       str(s.replicas), _money(s.cost_per_hour), ", ".join(s.steps))
+        out.print(st)
     for t in plan.transfers:
         size = f"{t.bytes_per_request / 1e6:.1f} MB, " if t.bytes_per_request else ""
         out.print(f"KV transfer {t.step}: {t.from_pool} -> {t.to_pool}, {size}"
@@ -175,7 +184,8 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
                    "note", title="baselines: one accelerator type for the accelerated steps "
                    "(CPU steps on CPU); every step on one pool, where feasible")
         for b in plan.baselines:
-            label = f"{b.pool} + CPU" if b.kind == "accelerator" else f"{b.pool} only"
+            label = {"accelerator": f"{b.pool} + CPU", "single-pool": f"{b.pool} only",
+                     "unshared": "no shared model servers"}[b.kind]
             saves = (f"{_money(b.extra)} ({b.extra / b.objective:.0%})"
                      if b.feasible and b.extra is not None and b.objective else "-")
             bt.add_row(label, "yes" if b.feasible else "no",

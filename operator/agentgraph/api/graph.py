@@ -120,6 +120,10 @@ class LLMWorkload(ApiModel):
     prefill: PoolConstraints | None = None
     decode: PoolConstraints | None = None
     server: LLMServer | None = None  # absent: the workers emulate the model (no GPU needed)
+    # With a request rate, LLM steps naming one model (model.name and dtypeBytes) share one
+    # prefill and one decode server per pool, sized on their summed load; false: this step
+    # gets servers of its own (as does a step with a server or container of its own).
+    share_server: bool = True
 
 
 class SmallModelWorkload(ApiModel):

@@ -30,6 +30,10 @@ class Assignment(ApiModel):
     cost_per_hour: float | None = None  # set when the SLA gives a request rate
     cost_per_request: float
     bound: str  # what limits this configuration: compute, memory, network, io, table
+    # On a model server steps share: the step whose objects it is (its first step). That
+    # step's assignment holds the server's replicas; the others' hold none, and each
+    # assignment's cost is its load's share of the server's.
+    server: str | None = None
 
 
 class Transfer(ApiModel):
@@ -39,6 +43,21 @@ class Transfer(ApiModel):
     bytes_per_request: float
     latency_seconds: float
     cost_per_request: float
+
+
+class SharedServer(ApiModel):
+    """One model server that steps naming one model share: per model, phase and pool."""
+
+    name: str  # its first step, which names its objects
+    model: str  # the model's name and dtype bytes ("llama-8b@2")
+    phase: Phase
+    pool: str
+    tensor_parallel: int
+    batch: int
+    replicas: int  # sized on the steps' summed load
+    units_per_replica: float
+    cost_per_hour: float
+    steps: list[str]
 
 
 class Constraint(ApiModel):
@@ -56,10 +75,11 @@ class Baseline(ApiModel):
     ``accelerator``: every accelerated step (LLM, embedding, speech, an accelerated vector
     search) on ``pool``, the CPU steps (tools, compute, a CPU vector search) on the CPU pools.
     ``single-pool``: every step on ``pool``; for a CPU pool, or an accelerator when the graph
-    has CPU steps and a CPU pool, listed only where it is feasible."""
+    has CPU steps and a CPU pool, listed only where it is feasible. ``unshared``: this plan's
+    pools, every step on model servers of its own (listed when steps share servers)."""
 
-    pool: str
-    kind: Literal["accelerator", "single-pool"]
+    pool: str | None = None  # None for ``unshared``
+    kind: Literal["accelerator", "single-pool", "unshared"]
     feasible: bool
     latency_seconds: float | None = None
     objective: float | None = None
@@ -107,6 +127,7 @@ class Plan(ApiModel):
     cost_per_request: float | None = None
     assignments: list[Assignment] = Field(default_factory=list)
     transfers: list[Transfer] = Field(default_factory=list)
+    servers: list[SharedServer] = Field(default_factory=list)
     critical_path: list[str] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
     baselines: list[Baseline] = Field(default_factory=list)

@@ -130,6 +130,7 @@ def build(
     rate = graph.sla.target_requests_per_second
     cap = graph.planning.max_utilisation
     capped = frozenset(snapshot.capacities())
+    shared = graph.group_of
     result: dict[str, StepOptions] = {}
     # Steps with the same workload, visits and limits get the same candidates: nothing in an
     # option names its step. Agent graphs repeat workloads often (one model, many calls).
@@ -142,9 +143,13 @@ def build(
                   if step_name == name} if move_cost > 0 else {}
         weight = _mover(placed, move_cost) if placed else _one
         within = None if only_pools is None else sorted(only_pools.get(name, ()))
+        # A step on a shared server: its cost is the server's, not its own, so nothing is
+        # pruned by cost (every (TP, batch) may be the one the server runs) and no
+        # configurations are made (the solve picks each phase's option itself).
+        grouped = name in shared
         key = (step.model_dump_json(exclude={"name", "depends_on", "container"}),
                graph.visits[name], corrected, tuple(sorted(placed.items())),
-               None if within is None else tuple(within))
+               None if within is None else tuple(within), grouped)
         if key in memo:
             seen = memo[key]
             result[name] = StepOptions(step=flat, slots=seen.slots, transfers=seen.transfers,
@@ -195,10 +200,11 @@ def build(
                         f"{min(e.units for e in found.options):.4g} units on one node; the "
                         f"most free on any node is {pool.capacity_block:.4g}")
             options = _within_token_limits(opts, phase, options)
-            opts.slots[phase] = _prune(options, capped, phase, weight) if prune else options
+            opts.slots[phase] = (_prune(options, capped, phase, weight) if prune and not grouped
+                                 else options)
         if opts.is_llm:
             opts.transfers = _transfers(opts, model, snapshot, settings, rate, visits)
-        opts.configs = _configs(opts, capped, prune, weight)
+        opts.configs = [] if grouped else _configs(opts, capped, prune, weight)
         result[name] = memo[key] = opts
     return result
 

@@ -6,11 +6,12 @@ The solver's answer is re-checked here; explain, baselines and the tests use the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentgraph.costs.base import Phase
 from agentgraph.planner.candidates import Option, StepOptions, Transfer, fits_one_node
 from agentgraph.planner.graph import GraphModel, LoopBlock
+from agentgraph.planner.sharing import Server, servers
 from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 
 Selection = Mapping[tuple[str, Phase], Option]
@@ -29,6 +30,7 @@ class Evaluation:
     usage: dict[str, float]  # held per capacity key: '<pool>' units, '<pool>/pods' pods
     critical_path: list[str]
     violations: list[str]
+    servers: list[Server] = field(default_factory=list)  # model servers steps share
 
     @property
     def feasible(self) -> bool:
@@ -52,6 +54,7 @@ def evaluate(
     usage: dict[str, float] = {}
     violations: list[str] = []
     objective = 0.0
+    shared = graph.group_of
     for name, opts in options.items():
         chosen = {phase: selection[(name, phase)] for phase in opts.slots}
         for option in chosen.values():
@@ -60,6 +63,8 @@ def evaluate(
                 violations.append(f"capacity:{option.pool}: a replica of {name} needs "
                                   f"{option.estimate.units:.4g} units on one node, the most "
                                   f"free is {block:.4g}")
+            if name in shared:  # its server's replicas are counted below, once
+                continue
             objective += option.objective
             for key, amount in option.held:
                 usage[key] = usage.get(key, 0.0) + amount
@@ -84,6 +89,12 @@ def evaluate(
                 violations.append(f"tbt:{name}: {step_tbt:.4g} s > {opts.tbt:.4g} s")
         else:
             durations[name] = chosen["run"].estimate.latency
+    found, broken = servers(graph, selection)
+    violations.extend(broken)
+    for server in found:
+        objective += server.cost_per_hour
+        usage[server.pool] = usage.get(server.pool, 0.0) + server.replicas * server.units
+        usage[server.pool + PODS] = usage.get(server.pool + PODS, 0.0) + server.replicas
     latency, path = longest_path(graph, durations, worst=False)
     worst, _ = longest_path(graph, durations, worst=True)
     if exceeds(latency, graph.sla.latency_seconds):
@@ -95,7 +106,7 @@ def evaluate(
             what = "pods" if key.endswith(PODS) else "units"
             violations.append(f"capacity:{key}: needs {used:.4g} {what}, has {limit:.4g}")
     return Evaluation(latency, worst, objective, durations, transfers, ttft, tbt, usage, path,
-                      sorted(violations))
+                      sorted(violations), found)
 
 
 def longest_path(

@@ -46,14 +46,19 @@ def baselines(
     out = [baseline(pool, accelerated_only=mixed) for pool in accel]
     singles = (baseline(pool, accelerated_only=False) for pool in
                (snapshot.names if mixed else cpu))
-    return out + [b for b in singles if b.feasible]
+    out += [b for b in singles if b.feasible]
+    if model.groups:  # what sharing model servers saves: every step on servers of its own
+        out.append(_baseline(model.unshared(), snapshot, settings, objective, time_limit, None,
+                             "unshared", None))
+    return out
 
 
 def _baseline(model: GraphModel, snapshot: ClusterSnapshot, settings: CostSettings,
-              objective: float, time_limit: float, pool: str, kind: Literal[
-                  "accelerator", "single-pool"], within: Mapping[str, list[str]]) -> Baseline:
-    """The cheapest plan with each step on the pools ``within`` gives it; when none meets the
-    limits, the fastest one and what it breaks."""
+              objective: float, time_limit: float, pool: str | None, kind: Literal[
+                  "accelerator", "single-pool", "unshared"],
+              within: Mapping[str, list[str]] | None) -> Baseline:
+    """The cheapest plan with each step on the pools ``within`` gives it (None: any pool);
+    when none meets the limits, the fastest one and what it breaks."""
     options = candidates.build(model, snapshot, settings, only_pools=within)
     empty = diagnose.empty_slots(model, options)
     if empty:

@@ -12,7 +12,7 @@ DAG.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
@@ -68,6 +68,17 @@ class GraphModel:
     visits: dict[str, float]  # expected visits per request
     max_visits: dict[str, int]
     sinks: tuple[str, ...] = field(default=())
+    # Model servers shared by steps naming one model: a group's key (the model's name and
+    # dtype) -> its steps, in graph order; only groups of two or more, only with a request rate.
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def group_of(self) -> dict[str, str]:
+        return {step: key for key, members in self.groups.items() for step in members}
+
+    def unshared(self) -> GraphModel:
+        """The same graph with every step on servers of its own."""
+        return replace(self, groups={})
 
 
 @dataclass
@@ -311,6 +322,7 @@ def _structure(
             max_visits[m] = loop_block.maximum - once_fewer
     sinks = tuple(b.id for b in blocks if block_graph.out_degree(b.id) == 0)
     return GraphModel(
+        groups=_groups(graph, steps),
         name=graph.metadata.name,
         sla=graph.spec.sla,
         planning=graph.spec.planning,
@@ -321,6 +333,46 @@ def _structure(
         max_visits=max_visits,
         sinks=sinks,
     )
+
+
+def group_key(step: Step) -> str | None:
+    """The model server a step may share: its model's name and dtype; None when it cannot
+    share (no model name, opted out, an external server, its own container, or priced from a
+    table)."""
+    work = step.llm
+    if (step.kind is not StepKind.LLM or work is None or not work.share_server
+            or work.model.name is None or work.server is not None
+            or step.container is not None or step.cost_model != "default"):
+        return None
+    return f"{work.model.name}@{work.model.dtype_bytes:g}"
+
+
+def _groups(graph: AgentGraph, steps: dict[str, FlatStep]) -> dict[str, tuple[str, ...]]:
+    """Steps naming one model share its servers. Without a request rate there are no replicas
+    to share (each request is priced alone), so no groups."""
+    by_key: dict[str, list[FlatStep]] = {}
+    for flat in steps.values():
+        key = group_key(flat.step)
+        if key is not None:
+            by_key.setdefault(key, []).append(flat)
+    issues = []
+    for members in by_key.values():
+        first = members[0]
+        assert first.step.llm is not None
+        for other in members[1:]:
+            assert other.step.llm is not None
+            if other.step.llm.model != first.step.llm.model:
+                issues.append(Issue(
+                    f"{other.path}.llm.model", f"names model '{first.step.llm.model.name}' as "
+                    f"step {first.name} ({first.path}) does, with another shape: steps "
+                    "naming one model share its servers, so give both the same shape, or "
+                    "another name"))
+    if issues:
+        raise PlanningError(issues)
+    if graph.spec.sla.target_requests_per_second is None:
+        return {}
+    return {key: tuple(f.name for f in members) for key, members in by_key.items()
+            if len(members) > 1}
 
 
 def check_pools(graph: GraphModel, pools: Collection[str]) -> None:

@@ -30,8 +30,6 @@ exceeds the gap between the two is in no plan cheaper than that feasible one, so
 from __future__ import annotations
 
 import math
-import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +40,7 @@ import highspy
 import numpy as np
 
 from agentgraph.api.plan import SolveStats
-from agentgraph.planner import bounds, branch
+from agentgraph.planner import bounds, branch, lp, shared_milp
 from agentgraph.planner.candidates import Config, StepOptions
 from agentgraph.planner.evaluate import Selection
 from agentgraph.planner.graph import GraphModel
@@ -70,27 +68,6 @@ class MilpResult:
     rows: int
     gap: float | None = None  # proven relative gap of the selection; None without one
     stats: SolveStats | None = None
-
-
-class _Builder:
-    def __init__(self) -> None:
-        self.cost: list[float] = []
-        self.integer: list[int] = []
-        self.upper: list[float] = []
-        self.rows: list[dict[int, float]] = []
-        self.lo: list[float] = []
-        self.hi: list[float] = []
-
-    def var(self, cost: float = 0.0, binary: bool = False) -> int:
-        self.cost.append(cost)
-        self.integer.append(1 if binary else 0)
-        self.upper.append(1.0 if binary else INF)
-        return len(self.cost) - 1
-
-    def row(self, coefs: Mapping[int, float], lo: float, hi: float) -> None:
-        self.rows.append(dict(coefs))
-        self.lo.append(lo)
-        self.hi.append(hi)
 
 
 def solve(
@@ -139,9 +116,14 @@ def solve_joint(
 ) -> JointResult:
     """Several graphs on the same pools, in one MILP: each graph its own configuration rows and
     its own SLA rows, the pools' capacity rows summed over all of them; the objective is the
-    sum of their objectives (all $/hour, or all $/request). One graph is ``solve``."""
+    sum of their objectives (all $/hour, or all $/request). One graph is ``solve``. Graphs
+    whose steps share model servers are solved by ``shared_milp`` (``starts`` unused)."""
     started = time.perf_counter()
-    b = _Builder()
+    if any(graph.groups for graph, _ in graphs):
+        shared = shared_milp.solve(graphs, snapshot, time_limit)
+        return JointResult(shared.selections, shared.status, time.perf_counter() - started,
+                           shared.variables, shared.rows, shared.gap, shared.stats)
+    b = lp.Builder()
     scale = max((c.objective for _, options in graphs for so in options.values()
                  for c in so.configs), default=1.0) or 1.0
     problems: list[_Problem] = []
@@ -159,7 +141,7 @@ def solve_joint(
                 for pool_name, units in c.usage:
                     pool_use.setdefault(pool_name, {})[col] = units
             b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
-        _timing(b, graph, duration)
+        lp.timing(b, graph, duration)
         problems.append(_Problem(graph, usable, mine))
     limits = {key: limit for key, limit in snapshot.capacities().items() if key in pool_use}
     for key, limit in limits.items():
@@ -197,76 +179,10 @@ def _reduce(
     return out
 
 
-def _timing(
-    b: _Builder, graph: GraphModel, duration: Mapping[str, Mapping[int, float]]
-) -> None:
-    finish: dict[str, int] = {}
-    for block in graph.blocks:
-        fb = b.var()
-        finish[block.id] = fb
-        if block.loop is not None:
-            loop, heads = block.loop, b.var()
-            for step in loop.heads:
-                b.row({heads: 1.0, **{c: -v for c, v in duration[step].items()}}, 0.0, INF)
-            own = {heads: -loop.expected}
-            if loop.rest and loop.expected > 1:
-                length = b.var()
-                local = {step: b.var() for step in loop.rest}
-                for step in loop.rest:
-                    for p in loop.rest_preds(step) or (None,):
-                        coefs = {local[step]: 1.0, **{c: -v for c, v in duration[step].items()}}
-                        if p is not None:
-                            coefs[local[p]] = -1.0
-                        b.row(coefs, 0.0, INF)
-                    b.row({length: 1.0, local[step]: -1.0}, 0.0, INF)
-                own[length] = -(loop.expected - 1)
-        else:
-            assert block.step is not None
-            own = {c: -v for c, v in duration[block.step].items()}
-        for p in block.preds or (None,):
-            coefs = {fb: 1.0, **own}
-            if p is not None:
-                coefs[finish[p]] = -1.0
-            b.row(coefs, 0.0, INF)
-    for sink in graph.sinks:
-        b.row({finish[sink]: 1.0}, -INF, 1.0)
-
-
-_BANNER = threading.Lock()
-_banner_shown = False
-
-
-def _highs() -> highspy.Highs:
-    """A quiet HiGHS. The first one made in a process prints a banner on file descriptor 1, below
-    Python (``-o json`` must print nothing but the document): it is sent to /dev/null."""
-    global _banner_shown
-    with _BANNER:
-        if _banner_shown:
-            h = highspy.Highs()
-        else:
-            sys.stdout.flush()
-            saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            try:
-                h = highspy.Highs()
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
-                os.close(null)
-            _banner_shown = True
-    h.setOptionValue("output_flag", False)
-    return h
-
-
-def _inf(values: np.ndarray) -> np.ndarray:
-    return np.where(np.isposinf(values), highspy.kHighsInf,
-                    np.where(np.isneginf(values), -highspy.kHighsInf, values))
-
-
 class _Run:
     """One MILP: the LP bound, a first incumbent, reduced-cost fixing, then the race."""
 
-    def __init__(self, b: _Builder, problems: Sequence[_Problem], limits: Mapping[str, float],
+    def __init__(self, b: lp.Builder, problems: Sequence[_Problem], limits: Mapping[str, float],
                  scale: float, started: float, configurations: int) -> None:
         self.b = b
         self.problems = problems
@@ -287,36 +203,7 @@ class _Run:
         self.fixed_steps = 0
         self.nodes = 0
         self.seconds: dict[str, float] = {"build": time.perf_counter() - started}
-        self.lp = self._model()
-
-    def _model(self) -> highspy.HighsLp:
-        b = self.b
-        starts = np.zeros(self.n + 1, dtype=np.int32)
-        for coefs in b.rows:
-            for c in coefs:
-                starts[c + 1] += 1
-        starts = np.cumsum(starts).astype(np.int32)
-        index = np.zeros(starts[-1], dtype=np.int32)
-        value = np.zeros(starts[-1])
-        fill = starts[:-1].copy()
-        for r, coefs in enumerate(b.rows):
-            for c, v in coefs.items():
-                index[fill[c]] = r
-                value[fill[c]] = v
-                fill[c] += 1
-        lp = highspy.HighsLp()
-        lp.num_col_ = self.n
-        lp.num_row_ = len(b.rows)
-        lp.col_cost_ = self.cost
-        lp.col_lower_ = np.zeros(self.n)
-        lp.col_upper_ = _inf(self.upper)
-        lp.row_lower_ = _inf(np.array(b.lo))
-        lp.row_upper_ = _inf(np.array(b.hi))
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-        lp.a_matrix_.start_ = starts
-        lp.a_matrix_.index_ = index
-        lp.a_matrix_.value_ = value
-        return lp
+        self.lp = lp.highs_lp(b)
 
     def solve(
         self, time_limit: float, starts: Sequence[Mapping[str, Config] | None] | None,
@@ -342,7 +229,7 @@ class _Run:
         return answer
 
     def _relaxation(self, time_limit: float) -> tuple[np.ndarray, np.ndarray] | str | None:
-        h = _highs()
+        h = lp.quiet_highs()
         h.setOptionValue("time_limit", float(time_limit))
         h.passModel(self.lp)
         h.run()
@@ -524,14 +411,14 @@ class _Run:
 
     def _mip(self, upper: np.ndarray, time_limit: float) -> highspy.Highs:
         """A HiGHS holding the MILP with these column bounds, not yet run."""
-        h = _highs()
+        h = lp.quiet_highs()
         h.setOptionValue("time_limit", float(time_limit))
         h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
-        lp = self.lp
-        lp.col_upper_ = _inf(upper)
-        lp.integrality_ = self.integrality
-        h.passModel(lp)
-        lp.integrality_ = []  # the LP is shared with the relaxations
+        model = self.lp
+        model.col_upper_ = lp.infinite(upper)
+        model.integrality_ = self.integrality
+        h.passModel(model)
+        model.integrality_ = []  # the LP is shared with the relaxations
         return h
 
     def _highs_milp(self, upper: np.ndarray, time_limit: float,
@@ -558,10 +445,10 @@ class _Run:
                                if upper[col] > 0), key=lambda t: (t[0], t[1]))
                 groups.append(branch.Group(np.array([t[2] for t in kept], dtype=np.int64),
                                            np.array([t[0] for t in kept])))
-        h = _highs()
-        lp = self.lp
-        lp.col_upper_ = _inf(upper)
-        h.passModel(lp)
+        h = lp.quiet_highs()
+        model = self.lp
+        model.col_upper_ = lp.infinite(upper)
+        h.passModel(model)
         incumbent = None
         if given is not None:  # its columns are never fixed away
             chosen = np.array([next(c for c in g.columns if c in given) for g in groups])

@@ -60,11 +60,13 @@ def runtime_graph(graph: AgentGraph, plan: Plan, namespace: str,
     model = model or graph_model.build(graph)
     name = graph.metadata.name
     phases: dict[str, list[PhaseEndpoint]] = {}
+    by_slot = {(a.step, a.phase): a for a in plan.assignments}
     for a in plan.assignments:
+        serving = by_slot[(a.server, a.phase)] if a.server is not None else a  # its pods' step
         phases.setdefault(a.step, []).append(PhaseEndpoint(
-            phase=a.phase or "run", selector=selector(name, a.step, a.phase),
-            port=step_port(model.steps[a.step].step), pool=a.pool,
-            predicted_seconds=_predicted(plan, a), batch=a.batch, replicas=a.replicas))
+            phase=a.phase or "run", selector=selector(name, serving.step, a.phase),
+            port=step_port(model.steps[serving.step].step), pool=a.pool,
+            predicted_seconds=_predicted(plan, a), batch=a.batch, replicas=serving.replicas))
     steps = []
     for flat in model.steps.values():
         runtime = flat.step.runtime
@@ -103,7 +105,13 @@ def _without_sources(profile: HardwareProfile) -> HardwareProfile:
 def worker_config(graph: AgentGraph, plan: Plan, a: Assignment,
                   profiles: Mapping[str, HardwareProfile], namespace: str,
                   model: GraphModel | None = None, slowdown: float = 1.0) -> WorkerConfig:
+    """A step phase's worker; on a shared model server, the server's (its first step's), with
+    a configuration for each other step it serves."""
     model = model or graph_model.build(graph)
+    members = [worker_config(graph, plan, other, profiles, namespace, model, slowdown)
+               for other in plan.assignments
+               if a.server == a.step and other.server == a.step and other.step != a.step
+               and other.phase == a.phase]
     flat = model.steps[a.step]
     loop = None
     for block in model.blocks:
@@ -125,4 +133,5 @@ def worker_config(graph: AgentGraph, plan: Plan, a: Assignment,
         kind=flat.step.kind, pool=a.pool, emulate=emulate, tensor_parallel=a.tensor_parallel,
         batch=a.batch, units_per_replica=a.units_per_replica, predicted_seconds=a.latency_seconds,
         predicted_tbt_seconds=a.tbt_seconds, spec=flat.step,
-        profile=_without_sources(profiles[a.pool]), loop=loop, kv=kv, slowdown=slowdown)
+        profile=_without_sources(profiles[a.pool]), loop=loop, kv=kv, slowdown=slowdown,
+        members=members)

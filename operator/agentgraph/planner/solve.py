@@ -8,7 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from agentgraph.api.graph import AgentGraph
 from agentgraph.api.hardware import HardwareProfile
-from agentgraph.api.plan import Assignment, Constraint, Objective, Plan, SolveStats
+from agentgraph.api.plan import (
+    Assignment,
+    Constraint,
+    Objective,
+    Plan,
+    SharedServer,
+    SolveStats,
+)
 from agentgraph.api.plan import Transfer as TransferOut
 from agentgraph.costs.base import CostSettings, Phase
 from agentgraph.planner import candidates, diagnose, explain, milp
@@ -224,23 +231,29 @@ def render(
 ) -> Plan:
     rate = model.sla.target_requests_per_second
     assignments = []
+    served = {(step, s.phase): s for s in ev.servers for step in s.members}
     for (name, phase), o in sorted(selection.items(),
                                    key=lambda kv: (list(options).index(kv[0][0]),
                                                    PHASE_ORDER[kv[0][1]])):
-        per_request = o.cost_per_hour / (rate * 3600) if rate and o.cost_per_hour else o.objective
+        server = served.get((name, phase))
+        hourly = o.cost_per_hour if server is None else server.share(name)
+        per_request = hourly / (rate * 3600) if rate and hourly else o.objective
+        replicas = o.replicas if server is None else (
+            server.replicas if server.lead == name else 0)
         assignments.append(Assignment(
             step=name,
             phase=None if phase == "run" else phase,
             pool=o.pool,
             tensor_parallel=o.estimate.tensor_parallel,
             batch=o.estimate.batch,
-            replicas=o.replicas,
+            replicas=replicas,
             units_per_replica=o.estimate.units,
             latency_seconds=o.estimate.latency,
             tbt_seconds=o.estimate.tbt,
-            cost_per_hour=o.cost_per_hour,
+            cost_per_hour=hourly,
             cost_per_request=per_request,
             bound=o.estimate.bound,
+            server=None if server is None else server.lead,
         ))
     transfers = [
         TransferOut.model_validate({
@@ -262,6 +275,11 @@ def render(
         cost_per_request=ev.objective / (rate * 3600) if rate else ev.objective,
         assignments=assignments,
         transfers=transfers,
+        servers=[SharedServer(name=s.lead, model=s.group, phase=s.phase, pool=s.pool,
+                              tensor_parallel=s.tensor_parallel, batch=s.batch,
+                              replicas=s.replicas, units_per_replica=s.units,
+                              cost_per_hour=s.cost_per_hour, steps=list(s.members))
+                 for s in ev.servers],
         critical_path=ev.critical_path,
         constraints=constraints(model, options, ev, snapshot),
         reasons=ev.violations,
