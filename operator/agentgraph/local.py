@@ -48,21 +48,26 @@ async def running(graph: AgentGraph, profiles: list[HardwareProfile],
     servers: list[http.Server] = []
     workers: dict[tuple[str, str], list[Worker]] = {}
     for a in plan.assignments:
+        if a.server not in (None, a.step):
+            continue  # served by its shared model server's workers (its first step's)
         config = runtime_config.worker_config(graph, plan, a, by_name, "test")
         group = []
         for i in range((replicas or {}).get(a.step, a.replicas)):
             backend = steps.backend(config, 0)
-            worker = Worker(config, backend)
+            members = {m.step: steps.backend(m, 0) for m in config.members}
+            worker = Worker(config, backend, members=members)
             server = http.Server(worker.routes())
             bound = await server.listen("127.0.0.1", 0)
-            if hasattr(backend, "port"):
-                backend.port = bound  # the KV hand-off URL names the prefill worker's port
+            for b in (backend, *members.values()):
+                if hasattr(b, "port"):
+                    b.port = bound  # the KV hand-off URL names the prefill worker's port
             await worker.start()
             servers.append(server)
             workers.setdefault((a.step, a.phase or "run"), []).append(worker)
             group.append(Endpoint(f"{a.step}-{a.phase or 'run'}-{i}", f"127.0.0.1:{bound}",
                                   a.pool))
-        endpoints.set(a.step, a.phase or "run", group)
+        for step in config.served():
+            endpoints.set(step, a.phase or "run", group)
     gw.configure(runtime_config.runtime_graph(graph, plan, "test"))
     gw.pods_synced = True
     server = http.Server(gw.routes())

@@ -3,7 +3,8 @@ step contract between them.
 
 Step contract (every worker, ours or a user's container):
   POST /v1/run      {"inputs": {<upstream step>: <its output>, ...}, "request": <the request>,
-                     "iteration": <loop iteration, 0 first>, "stream": <bool>}
+                     "iteration": <loop iteration, 0 first>, "stream": <bool>,
+                     "step": <the step called: a shared model server serves several>}
                     -> 200 {"output": <any JSON>}       (a loop head may add "continue": true)
                     -> 4xx/5xx {"error": {"reason": "..."}}
   GET  /healthz     200 while the process lives          (liveness)
@@ -32,6 +33,7 @@ WORKER_CONFIG_ENV = "AGENTGRAPH_WORKER_CONFIG"
 CONFIG_KEY = "graph.json"  # the RuntimeGraph in the graph's runtime ConfigMap
 CORPUS_ENV = "AGENTGRAPH_CORPUS"
 HTTP_PORT = 8080
+MAX_MEMBERS = 512  # steps one shared server may serve
 METRICS_PORT = 9090
 GATEWAY_PORT = 8080
 
@@ -72,6 +74,13 @@ class WorkerConfig(ApiModel):
     loop: LoopRole | None = None
     kv: KVHandoff | None = None
     slowdown: float = Field(default=1.0, gt=0)  # emulation only: the pool's measured slowness
+    # A shared model server: the other steps it serves, each with its own configuration (the
+    # call's "step" says whose it is; this one's own step when absent).
+    members: list[WorkerConfig] = Field(default_factory=list, max_length=MAX_MEMBERS)
+
+    def served(self) -> dict[str, WorkerConfig]:
+        """Every step this worker serves, by name: its own, then its members'."""
+        return {self.step: self, **{m.step: m for m in self.members}}
 
 
 class PhaseEndpoint(ApiModel):

@@ -93,6 +93,7 @@ class StepPlacement(StatusModel):
     replicas: int
     latency_seconds: float | None = None
     cost_per_hour: float | None = None
+    server: str | None = None  # on a shared model server: the step whose objects it is
 
 
 class PlanSummary(StatusModel):

@@ -170,6 +170,8 @@ def _readiness(cluster: Cluster, obj: Obj) -> Outcome:
     deployments = {c["metadata"]["name"]: c
                    for c in cluster.children(namespace, name, ("Deployment",))}
     for step in plan.get("steps", []):
+        if step.get("server") not in (None, step["step"]):
+            continue  # served by another step's Deployment, checked with that step
         d = deployments.get(render.object_name(name, step["step"], step.get("phase")))
         if d is None or not _as_planned(d, step):
             return Outcome(feasible=True, ready=False, status_written=False, escalate=True)

@@ -373,6 +373,8 @@ def render(
         *_access_objects(graph, namespace, meta_of),
     ]
     for a in plan.assignments:
+        if a.server not in (None, a.step):
+            continue  # on another step's shared model server: that step renders it
         out.extend(_step_objects(graph, plan, a, profiles[a.pool], profiles, namespace, meta_of,
                                  model, runtime))
     out.extend(_gateway_objects(graph, plan, profiles, namespace, meta_of, runtime))

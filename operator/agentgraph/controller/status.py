@@ -113,7 +113,7 @@ def summary(plan: Plan, planned_rate: float | None = None) -> PlanSummary:
                              tensor_parallel=a.tensor_parallel, batch=a.batch,
                              units_per_replica=a.units_per_replica, replicas=a.replicas,
                              latency_seconds=_round(a.latency_seconds),
-                             cost_per_hour=_round(a.cost_per_hour))
+                             cost_per_hour=_round(a.cost_per_hour), server=a.server)
                for a in plan.assignments])
 
 

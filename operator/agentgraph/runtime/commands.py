@@ -87,12 +87,16 @@ def worker(args: argparse.Namespace) -> int:
     from agentgraph.runtime import worker as serving
 
     backend = steps.backend(config, args.port)
+    members = {m.step: steps.backend(m, args.port) for m in config.members}
     logging.getLogger("agentgraph.worker").info(
         "%s %s/%s (%s) on pool %s: %s", "EMULATOR" if backend.mode == "emulator" else "worker",
         config.step, config.phase, config.kind.value, config.pool,
         "time from the cost model" if backend.mode == "emulator" else "real work")
+    if members:
+        logging.getLogger("agentgraph.worker").info(
+            "a shared model server: also serves %s", ", ".join(members))
     http.run(lambda: serving.serve(config, backend, _host(args), args.port,
-                                   args.metrics_port))
+                                   args.metrics_port, members=members))
     return 0
 
 

@@ -263,7 +263,8 @@ class _Walk:
             # An earlier phase leaves the later ones their predicted time (the same rule).
             after = sum(p.predicted_seconds for p in step.phases[i + 1:])
             phase_end = min(end, max(end - after, now + min(end - now, MIN_CALL_S)))
-            payload = {"inputs": inputs, "request": self.request, "iteration": iteration}
+            payload = {"inputs": inputs, "request": self.request, "iteration": iteration,
+                       "step": name}
             streaming = step.kind is StepKind.LLM and phase.phase == "decode"
             answer = await self.call(step, phase, payload, phase_end, streaming, started)
             if i == len(step.phases) - 1:

@@ -36,6 +36,7 @@ from agentgraph.runtime.worker import Call, Result, StepFailure
 KV_STANDIN_BYTES = 64 * 1024
 KV_KEEP = 1024  # handles a prefill worker keeps for decode workers to fetch
 KV_TTL_S = 120.0
+_KV_STORE: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
 WORDS = ("the", "plan", "meets", "its", "deadline", "on", "mixed", "hardware", "and", "every",
          "step", "runs", "where", "it", "costs", "least", "while", "answers", "stay", "fast")
 
@@ -72,7 +73,8 @@ class EmulatedLLM:
         else:
             self.tbt = 0.0
             self.seconds = emulator.seconds(config)
-        self.kv: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
+        # One store per process: the steps a shared model server runs hand off from one route.
+        self.kv = _KV_STORE
 
     async def start(self) -> None:
         return None

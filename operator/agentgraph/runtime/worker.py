@@ -82,9 +82,39 @@ def _error(status: int, reason: str, config: WorkerConfig) -> http.Response:
                                          "reason": reason}}, status)
 
 
+class _Series:
+    """One served step's metrics: its own labels, so a shared server's steps stay apart."""
+
+    def __init__(self, m: WorkerMetrics, config: WorkerConfig, mode: str) -> None:
+        self.labels = (config.graph, config.step, config.phase, config.pool, mode)
+        self.requests = m.requests
+        self.duration = m.duration.labels(*self.labels)
+        self.service = m.service.labels(*self.labels)
+        self.queue = m.queue.labels(*self.labels)
+        self.in_flight = m.in_flight.labels(*self.labels)
+        self.ttft = m.ttft.labels(*self.labels)
+        self.tbt = m.tbt.labels(*self.labels)
+        self.codes = {code: m.requests.labels(*self.labels, str(code))
+                      for code in (200, 400, 500, 502, 503, 504)}
+        # What the service time is compared with: a decode fed from another pool waits for
+        # the KV cache first, and its service time includes that wait.
+        m.predicted.labels(*self.labels).set(config.predicted_seconds + (
+            config.kv.predicted_seconds if config.kv else 0.0))
+
+    def count(self, code: int) -> None:
+        counter = self.codes.get(code)
+        if counter is None:
+            counter = self.codes[code] = self.requests.labels(*self.labels, str(code))
+        counter.inc()
+
+
 class Worker:
+    """``members``: on a shared model server, the backend of each other step it serves (one
+    set of slots for them all: the server's batch)."""
+
     def __init__(self, config: WorkerConfig, backend: Backend,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None,
+                 members: Mapping[str, Backend] | None = None) -> None:
         self.config = config
         self.backend = backend
         self.metrics = metrics or WorkerMetrics()
@@ -93,28 +123,27 @@ class Worker:
         self.slots = asyncio.Semaphore(backend.slots)
         self.waiting = 0
         self._closing: set[asyncio.Future[None]] = set()
-        labels = (config.graph, config.step, config.phase, config.pool, backend.mode)
-        m = self.metrics
-        self._duration = m.duration.labels(*labels)
-        self._service = m.service.labels(*labels)
-        self._queue = m.queue.labels(*labels)
-        self._in_flight = m.in_flight.labels(*labels)
-        self._ttft = m.ttft.labels(*labels)
-        self._tbt = m.tbt.labels(*labels)
-        self._codes = {code: m.requests.labels(*labels, str(code))
-                       for code in (200, 400, 500, 502, 503, 504)}
-        # What the service time is compared with: a decode fed from another pool waits for
-        # the KV cache first, and its service time includes that wait.
-        m.predicted.labels(*labels).set(config.predicted_seconds
-                                        + (config.kv.predicted_seconds if config.kv else 0.0))
+        served = config.served()
+        self.backends: dict[str, Backend] = {config.step: backend, **(members or {})}
+        if set(self.backends) != set(served):
+            raise ValueError(f"backends for {sorted(self.backends)}, configured to serve "
+                             f"{sorted(served)}")
+        self.configs = served
+        self.series = {step: _Series(self.metrics, served[step], b.mode)
+                       for step, b in self.backends.items()}
+        self._series = self.series[config.step]
 
     def routes(self) -> dict[tuple[str, str], http.Handler]:
+        extra: dict[tuple[str, str], http.Handler] = {}
+        for b in reversed(list(self.backends.values())):  # the server's own step's first
+            extra.update(b.routes())
         return {("POST", RUN_PATH): self.handle, ("GET", "/healthz"): self.healthz,
-                ("GET", "/readyz"): self.readyz, **self.backend.routes()}
+                ("GET", "/readyz"): self.readyz, **extra}
 
     async def start(self) -> None:
         started = time.perf_counter()
-        await self.backend.start()
+        for b in self.backends.values():
+            await b.start()
         self.ready = True
         log.info("%s/%s (%s, %s on %s): ready in %.2f s", self.config.step, self.config.phase,
                  self.config.kind, self.backend.mode, self.config.pool,
@@ -129,12 +158,7 @@ class Worker:
         return http.Response.json({"status": "draining" if self.draining else "starting"}, 503)
 
     def _count(self, code: int) -> None:
-        counter = self._codes.get(code)
-        if counter is None:
-            counter = self._codes[code] = self.metrics.requests.labels(
-                self.config.graph, self.config.step, self.config.phase, self.config.pool,
-                self.backend.mode, str(code))
-        counter.inc()
+        self._series.count(code)
 
     async def handle(self, request: http.Request) -> http.Response | http.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -152,21 +176,27 @@ class Worker:
         if not isinstance(body, dict) or not isinstance(body.get("inputs", {}), dict):
             self._count(400)
             return _error(400, "bad request: expected {\"inputs\": {...}, ...}", self.config)
+        step = body.get("step") or self.config.step
+        if step not in self.backends:
+            self._count(400)
+            return _error(400, f"bad request: this server runs {', '.join(self.backends)}, "
+                          f"not {step!r}", self.config)
+        series, backend, config = self.series[step], self.backends[step], self.configs[step]
         if not self.ready or self.draining:
-            self._count(503)
-            return _error(503, "not ready", self.config)
+            series.count(503)
+            return _error(503, "not ready", config)
         if left <= 0:
-            self._count(504)
-            return _error(504, "deadline already passed on arrival", self.config)
+            series.count(504)
+            return _error(504, "deadline already passed on arrival", config)
         if self.waiting >= self.backend.slots * QUEUE_FACTOR:
-            self._count(503)
+            series.count(503)
             return _error(503, f"overloaded: {self.waiting} requests already waiting for "
-                          f"{self.backend.slots} slots", self.config)
+                          f"{self.backend.slots} slots", config)
         call = Call(inputs=body.get("inputs") or {}, request=body.get("request"),
                     iteration=int(body.get("iteration") or 0), stream=bool(body.get("stream")),
                     deadline=due + left,
                     request_id=request.headers.get(REQUEST_ID_HEADER, ""))
-        self._in_flight.inc()
+        series.in_flight.inc()
         self.waiting += 1
         acquired = streaming = False
         try:
@@ -175,40 +205,40 @@ class Worker:
                 acquired = True
                 self.waiting -= 1
                 started = time.perf_counter()
-                self._queue.observe(started - arrived)
-                result = await self.backend.run(call)
+                series.queue.observe(started - arrived)
+                result = await backend.run(call)
                 if result.tokens is not None:
                     if call.stream:
                         streaming = True
-                        return self._stream(call, result, arrived, started)
-                    result = await self._collect(result, call)
+                        return self._stream(call, result, arrived, started, series, config)
+                    result = await self._collect(result, call, series)
         except StepFailure as e:
-            self._count(e.status)
-            return _error(e.status, e.reason, self.config)
+            series.count(e.status)
+            return _error(e.status, e.reason, config)
         except TimeoutError:
-            self._count(504)
-            return _error(504, f"deadline of {left:.3g} s exceeded", self.config)
+            series.count(504)
+            return _error(504, f"deadline of {left:.3g} s exceeded", config)
         finally:
             if not acquired:
                 self.waiting -= 1
             if not streaming:  # a stream releases its slot when its last line is written
                 if acquired:
                     self.slots.release()
-                self._in_flight.dec()
+                series.in_flight.dec()
         done = time.perf_counter()
-        self._service.observe(done - started)
-        self._duration.observe(done - arrived)
-        self._count(200)
+        series.service.observe(done - started)
+        series.duration.observe(done - arrived)
+        series.count(200)
         out: dict[str, Any] = {"output": result.output}
         if result.proceed is not None:
             out["continue"] = result.proceed
         return http.Response.json(out)
 
-    async def _collect(self, result: Result, call: Call) -> Result:
+    async def _collect(self, result: Result, call: Call, series: _Series) -> Result:
         assert result.tokens is not None
         tokens: list[str] = []
         try:
-            async for token in self._timed(result.tokens):
+            async for token in self._timed(result.tokens, series):
                 tokens.append(token)
         finally:
             if result.close is not None:
@@ -216,19 +246,19 @@ class Worker:
         output = result.finish(tokens) if result.finish else "".join(tokens)
         return Result(output=output, proceed=result.proceed)
 
-    async def _timed(self, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _timed(self, tokens: AsyncIterator[str], series: _Series) -> AsyncIterator[str]:
         first = True
         last = time.perf_counter()
         async for token in tokens:
             now = time.perf_counter()
             if not first:
-                self._tbt.observe(now - last)
+                series.tbt.observe(now - last)
             first = False
             last = now
             yield token
 
-    def _stream(self, call: Call, result: Result, arrived: float,
-                started: float) -> http.StreamResponse:
+    def _stream(self, call: Call, result: Result, arrived: float, started: float,
+                series: _Series, config: WorkerConfig) -> http.StreamResponse:
         """Tokens as NDJSON lines, then the output; the slot is held until the last line."""
         assert result.tokens is not None
         released = False
@@ -244,20 +274,21 @@ class Worker:
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
             self.slots.release()
-            self._in_flight.dec()
+            series.in_flight.dec()
             done = time.perf_counter()
-            self._service.observe(done - started)
-            self._duration.observe(done - arrived)
-            self._count(code)
+            series.service.observe(done - started)
+            series.duration.observe(done - arrived)
+            series.count(code)
 
         async def lines() -> AsyncIterator[bytes]:
             nonlocal code
             tokens: list[str] = []
             try:
                 async with asyncio.timeout_at(call.deadline):
-                    async for token in self._timed(result.tokens):  # type: ignore[arg-type]
+                    async for token in self._timed(result.tokens,  # type: ignore[arg-type]
+                                                   series):
                         if not tokens:
-                            self._ttft.observe(time.perf_counter() - arrived)
+                            series.ttft.observe(time.perf_counter() - arrived)
                         tokens.append(token)
                         yield orjson.dumps({"token": token}) + b"\n"
                 output = result.finish(tokens) if result.finish else "".join(tokens)
@@ -267,8 +298,7 @@ class Worker:
                 yield orjson.dumps(out) + b"\n"
             except TimeoutError:
                 code = 504
-                yield orjson.dumps({"error": {"step": self.config.step, "phase":
-                                              self.config.phase,
+                yield orjson.dumps({"error": {"step": config.step, "phase": config.phase,
                                               "reason": "deadline exceeded while streaming"}}
                                    ) + b"\n"
             finally:
@@ -278,10 +308,11 @@ class Worker:
 
 
 async def serve(config: WorkerConfig, backend: Backend, host: str, port: int,
-                metrics_port: int, ready: Callable[[], Awaitable[None]] | None = None) -> None:
+                metrics_port: int, ready: Callable[[], Awaitable[None]] | None = None,
+                members: Mapping[str, Backend] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: not ready at once, in-flight requests finish."""
     metrics = WorkerMetrics()
-    worker = Worker(config, backend, metrics)
+    worker = Worker(config, backend, metrics, members)
     server = http.Server(worker.routes())
     metrics_server = http.Server({("GET", "/metrics"): handler(metrics.registry)})
     await server.listen(host, port)
