@@ -105,6 +105,50 @@ def test_the_voice_agent_answers_with_the_real_embedding_and_retrieval(
     assert emulated and all(("mode", "emulator") in labels for labels in emulated)
 
 
+FANOUT = yaml.safe_load((EXAMPLES_DIR / "research-fanout.yaml").read_text())
+
+
+def test_steps_on_a_shared_model_server_are_answered_by_its_pods(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """The fan-out example: six summarisers on one 8B model get one Deployment per server
+    (named after the first), not one each; a request visits every summariser's phases on the
+    shared pods, and the shared worker counts each summariser under its own name."""
+    apply(kube, namespace, {**FANOUT, "spec": {**FANOUT["spec"], "runtime": {"emulate": True}}})
+    wait_for("research-fanout Ready", lambda: ready(kube, namespace, "research-fanout"),
+             WAIT_READY_S)
+    plan = kube.json("get", "agentgraph", "research-fanout", "-n", namespace)["status"]["plan"]
+    served = [s for s in plan["steps"] if s.get("server")]
+    summarisers = {f"summarise-{i}" for i in range(1, 7)}
+    assert {s["step"] for s in served} >= summarisers
+    leads = {(s["server"], s["phase"]) for s in served}
+    deployments = {d["metadata"]["name"]: d for d in kube.json(
+        "get", "deployments", "-n", namespace, "-l", "agentgraph.dev/graph=research-fanout")[
+            "items"]}
+    own = [s for s in plan["steps"] if not s.get("server")]
+    assert len(deployments) == len(leads) + len(own) + 1  # and the gateway
+    for step in served:
+        if step["server"] != step["step"]:
+            assert step["replicas"] == 0
+            assert f"research-fanout-{step['step']}-{step['phase']}" not in deployments
+    gw = gateway(kube, namespace, "research-fanout")
+    with reach(kube, namespace, gw, 8080) as url:
+        status, answer = post(f"{url}/v1/invoke", {"text": QUESTION}, timeout=60)
+        assert status == 200, answer
+    visited = {(s["step"], s["phase"]) for s in answer["steps"]}
+    assert {(step, phase) for step in summarisers for phase in ("prefill", "decode")} <= visited
+    lead = next(s for s in served if s["step"] == "summarise-1" and s["phase"] == "decode")
+    decode = pods(kube, namespace, f"agentgraph.dev/graph=research-fanout,"
+                                   f"agentgraph.dev/step={lead['server']},"
+                                   "agentgraph.dev/phase=decode")[0]
+    with reach(kube, namespace, decode, 9090) as url:
+        worker = scrape(url)
+    counted = {dict(labels)["step"] for (name, labels), value in worker.items()
+               if name == "agentgraph_worker_service_seconds_count" and value >= 1}
+    on_this = {s["step"] for s in served if s["server"] == lead["server"]
+               and s["phase"] == "decode"}
+    assert counted == on_this and "summarise-1" in counted
+
+
 CORPUS = "\n".join(json.dumps(d) for d in [
     {"id": "paris", "text": "Paris tomorrow: rain in the morning, sun after lunch."},
     {"id": "refund", "text": "Refunds are paid within five business days."},
