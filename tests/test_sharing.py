@@ -19,7 +19,7 @@ from agentgraph.api.loading import parse
 from agentgraph.api.runtime import CONFIG_KEY, RuntimeGraph
 from agentgraph.controller import render
 from agentgraph.local import running
-from agentgraph.planner import candidates, solve
+from agentgraph.planner import candidates, milp, solve
 from agentgraph.planner import graph as graph_model
 from agentgraph.planner.errors import PlanningError
 from agentgraph.planner.evaluate import evaluate
@@ -196,3 +196,24 @@ def test_the_fan_out_example_saves_on_shared_servers_in_explain() -> None:
     assert unshared.extra > 0.3 * unshared.objective  # more than 30 % saved
     eight_b = {tuple(s.steps) for s in plan.servers if "8B" in s.model}
     assert tuple(f"summarise-{i}" for i in range(1, 7)) in eight_b
+
+
+def test_graphs_with_shared_servers_planned_jointly_cost_what_each_costs_alone() -> None:
+    """Several graphs go to the MILP without the first-plan heuristic (their capacity would be
+    joint): on unbounded pools the joint optimum is the sum of the single ones."""
+    graphs = [fan_out(3, sla=8.0), fan_out(2, rate=9.0, sla=6.0)]
+    snapshot = ClusterSnapshot.from_profiles(POOLS, SMALL)
+    problems = []
+    alone = 0.0
+    for graph in graphs:
+        model = graph_model.build(graph)
+        options = candidates.build(model, snapshot, SMALL)
+        problems.append((model, options))
+        plan = solve.plan(graph, POOLS, SMALL)
+        assert plan.feasible and plan.objective is not None and plan.servers
+        alone += plan.objective.value
+    joint = milp.solve_joint(problems, snapshot)
+    assert joint.status == "optimal" and joint.selections is not None
+    together = sum(evaluate(m, o, s, snapshot).objective
+                   for (m, o), s in zip(problems, joint.selections, strict=True))
+    assert math.isclose(together, alone, rel_tol=2e-4), (together, alone)

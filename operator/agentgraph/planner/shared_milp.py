@@ -34,7 +34,7 @@ import numpy as np
 
 from agentgraph.api.plan import SolveStats
 from agentgraph.costs.base import Phase
-from agentgraph.planner import bounds, lp, sharing
+from agentgraph.planner import bounds, lp, shared_start, sharing
 from agentgraph.planner.candidates import Config, Option, StepOptions
 from agentgraph.planner.evaluate import Selection
 from agentgraph.planner.graph import GraphModel
@@ -43,6 +43,7 @@ from agentgraph.planner.snapshot import PODS, ClusterSnapshot
 INF = np.inf
 MIP_REL_GAP = 1e-4  # as milp's: the README's 'optimal'
 SLACK_TOL = 1e-9
+FIX_TOL = 1e-7  # as milp's: reduced-cost fixing keeps a column within this of the gap
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,48 @@ def solve(graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
     limits = {key: limit for key, limit in snapshot.capacities().items() if key in pool_use}
     for key, limit in limits.items():
         b.row(pool_use[key], -INF, limit)
-    built = time.perf_counter()
-    x, status, gap, nodes = _run(b, time_limit)
+    seconds = {"build": time.perf_counter() - started}
     kept = sum(len(c) for g in columns for c in g.configs.values()) + sum(
         len(c) for g in columns for c in g.options.values())
-    stats = SolveStats(configurations=total, after_bounds=kept, after_fixing=kept,
-                       steps_fixed=0, rows=len(b.rows), start_from="none", nodes=nodes,
-                       seconds={"build": built - started,
-                                "milp": time.perf_counter() - built})
+    upper = np.array(b.upper)
+    start: tuple[Selection, float] | None = None
+    lp_bound = None
+    if len(graphs) == 1:  # (a first plan for several graphs would need their capacity jointly)
+        t = time.perf_counter()
+        relaxed = _relaxation(b, time_limit)
+        seconds["lp"] = time.perf_counter() - t
+        if relaxed == "infeasible":  # no fractional plan, so no plan
+            return Answer(None, "infeasible", len(b.cost), len(b.rows), None, SolveStats(
+                configurations=total, after_bounds=kept, after_fixing=kept, steps_fixed=0,
+                rows=len(b.rows), start_from="none", nodes=0, seconds=seconds))
+        t = time.perf_counter()
+        if isinstance(relaxed, tuple):
+            x_lp, reduced, lp_bound = relaxed
+            start = _start(graphs[0], columns[0], x_lp, snapshot, scale)
+            if start is not None:  # reduced-cost fixing, as milp's
+                slack = start[1] - lp_bound + FIX_TOL * max(1.0, abs(start[1]))
+                upper[reduced > slack] = 0.0
+        seconds["start"] = time.perf_counter() - t
+    t = time.perf_counter()
+    x, code, value, bound, nodes = _run(b, upper, max(time_limit - (t - started), 1e-6))
+    seconds["milp"] = time.perf_counter() - t
+    left = sum(upper[col] > 0 for g in columns for configs in g.configs.values()
+               for col, _ in configs) + sum(upper[col] > 0 for g in columns
+                                            for picks in g.options.values() for col, _ in picks)
+    stats = SolveStats(configurations=total, after_bounds=kept, after_fixing=int(left),
+                       steps_fixed=0, rows=len(b.rows),
+                       lp_bound=None if lp_bound is None else lp_bound * scale,
+                       start=None if start is None else start[1] * scale,
+                       start_from="none" if start is None else "heuristic", nodes=nodes,
+                       seconds=seconds)
+    if start is not None:
+        # A plan the fixing removed costs at least the first plan's value (within FIX_TOL).
+        bound = min(bound, start[1] * (1 - FIX_TOL))
+        if x is None or value >= start[1]:
+            return Answer([start[0]], _status(start[1], bound), len(b.cost), len(b.rows),
+                          _gap(start[1], bound), stats)
     if x is None:
+        status = "infeasible" if code == "infeasible" else "no solution (time limit)"
         return Answer(None, status, len(b.cost), len(b.rows), None, stats)
     selections: list[Selection] = []
     for mine in columns:
@@ -150,7 +184,51 @@ def solve(graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
         for slot, picks in mine.options.items():
             chosen[slot] = max(picks, key=lambda oc: x[oc[0]])[1]
         selections.append(chosen)
-    return Answer(selections, status, len(b.cost), len(b.rows), gap, stats)
+    return Answer(selections, _status(value, bound), len(b.cost), len(b.rows),
+                  _gap(value, bound), stats)
+
+
+def _gap(value: float, bound: float) -> float | None:
+    if not np.isfinite(bound):
+        return None
+    return max((value - bound) / max(abs(value), 1e-12), 0.0)
+
+
+def _status(value: float, bound: float) -> str:
+    gap = _gap(value, bound)
+    if gap is not None and gap <= MIP_REL_GAP * (1 + 1e-9):
+        return "optimal"
+    return "time limit" + ("" if gap is None else f": within {gap:.3%} of the lower bound")
+
+
+def _start(problem: tuple[GraphModel, Mapping[str, StepOptions]], mine: _Columns,
+           x: np.ndarray, snapshot: ClusterSnapshot, scale: float
+           ) -> tuple[Selection, float] | None:
+    """The heuristic's first plan and its value in the MILP's (scaled) objective."""
+    graph, options = problem
+    pick = shared_start.first_plan(graph, options, mine.configs, mine.options, x, snapshot)
+    if pick is None:
+        return None
+    value = shared_start.milp_value(graph, options, mine.configs, mine.options, pick)
+    return None if value is None else (pick, value / scale)
+
+
+def _relaxation(b: lp.Builder, time_limit: float
+                ) -> tuple[np.ndarray, np.ndarray, float] | str | None:
+    """The LP relaxation: its solution, reduced costs and objective; "infeasible"; or None
+    without an optimum in time."""
+    h = lp.quiet_highs()
+    h.setOptionValue("time_limit", float(time_limit))
+    h.passModel(lp.highs_lp(b))
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return "infeasible"
+    if status != highspy.HighsModelStatus.kOptimal:
+        return None
+    solution = h.getSolution()
+    return (np.array(solution.col_value), np.array(solution.col_dual),
+            float(h.getInfo().objective_function_value))
 
 
 def _fastest(options: Mapping[str, StepOptions], group_of: Mapping[str, str]
@@ -202,12 +280,15 @@ def _shared_step(b: lp.Builder, name: str, so: StepOptions, cap: float, mine: _C
             **{col: o.estimate.latency / sla for col, o in dec}}
 
 
-def _run(b: lp.Builder, time_limit: float) -> tuple[np.ndarray | None, str, float | None, int]:
-    """HiGHS on the whole model: the solution, its status, the proven gap, the nodes."""
+def _run(b: lp.Builder, upper: np.ndarray, time_limit: float
+         ) -> tuple[np.ndarray | None, str, float, float, int]:
+    """HiGHS on the model with these column bounds: its best solution (None: none), "optimal",
+    "infeasible" or "limit", the solution's objective and the proven bound (scaled), nodes."""
     h = lp.quiet_highs()
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", MIP_REL_GAP)
     model = lp.highs_lp(b)
+    model.col_upper_ = lp.infinite(upper)
     model.integrality_ = [highspy.HighsVarType.kInteger if i else
                           highspy.HighsVarType.kContinuous for i in b.integer]
     h.passModel(model)
@@ -215,12 +296,14 @@ def _run(b: lp.Builder, time_limit: float) -> tuple[np.ndarray | None, str, floa
     info = h.getInfo()
     status = h.getModelStatus()
     nodes = int(info.mip_node_count)
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return None, "infeasible", INF, INF, nodes
     if info.primal_solution_status != 2:
-        if status == highspy.HighsModelStatus.kInfeasible:
-            return None, "infeasible", None, nodes
-        return None, "no solution (time limit)", None, nodes
+        return None, "limit", INF, -INF, nodes
     x = np.array(h.getSolution().col_value)
-    gap = max(float(info.mip_gap), 0.0)
-    if status == highspy.HighsModelStatus.kOptimal and gap <= MIP_REL_GAP * (1 + 1e-9):
-        return x, "optimal", gap, nodes
-    return x, f"time limit: within {gap:.3%} of the lower bound", gap, nodes
+    value = float(np.array(b.cost) @ x)
+    bound = float(info.mip_dual_bound)
+    if status == highspy.HighsModelStatus.kOptimal:
+        bound = max(bound, value * (1 - MIP_REL_GAP))
+    return x, "optimal" if status == highspy.HighsModelStatus.kOptimal else "limit", value, \
+        bound if np.isfinite(bound) else -INF, nodes
