@@ -25,7 +25,7 @@ from agentgraph.planner.errors import PlanningError
 from agentgraph.planner.evaluate import evaluate
 from agentgraph.planner.snapshot import ClusterSnapshot
 from builders import EXAMPLES_DIR, LLAMA3_8B, llm, make_graph, make_pool, shipped_profiles, tool
-from test_properties import PROPERTY, SMALL, TOL
+from test_properties import PROPERTY, SMALL, assert_planned_at
 
 EIGHT_B = {**LLAMA3_8B, "name": "llama-8b"}
 POOLS = [make_pool("big", price=2.5, tflops=1500, bandwidth=6000, memory=192),
@@ -131,14 +131,7 @@ def test_shared_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]])
         ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
         if ev.feasible:
             best = min(best, ev.objective)
-    plan = solve.plan(graph, pools, SMALL)
-    if math.isinf(best):
-        assert not plan.feasible
-    else:
-        assert plan.feasible, plan.reasons
-        assert plan.objective is not None
-        assert math.isclose(plan.objective.value, best, rel_tol=max(TOL, 1e-4)), (
-            plan.objective.value, best)
+    assert_planned_at(graph, pools, best)
 
 
 def test_render_makes_one_deployment_per_server_and_routes_every_step_to_it() -> None:
