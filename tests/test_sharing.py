@@ -210,3 +210,20 @@ def test_graphs_with_shared_servers_planned_jointly_cost_what_each_costs_alone()
     together = sum(evaluate(m, o, s, snapshot).objective
                    for (m, o), s in zip(problems, joint.selections, strict=True))
     assert math.isclose(together, alone, rel_tol=2e-4), (together, alone)
+
+
+def test_a_server_whose_steps_have_no_expected_visits_is_still_priced() -> None:
+    """A loop expected once runs its rest never on average (visits 0): the server its steps
+    share still runs one replica, split evenly between them, and the plan says so."""
+    steps = [tool("head", 0.05, ["second"]), llm("first", deps=["head"], model=EIGHT_B),
+             llm("second", deps=["first"], model=EIGHT_B)]
+    graph = make_graph(steps, sla=30.0, rate=2.0, loops=[
+        {"steps": ["head", "first", "second"], "expectedIterations": 1, "maxIterations": 3}])
+    plan = solve.plan(graph, POOLS, SMALL)
+    assert plan.feasible, plan.reasons
+    assert plan.servers and all(s.replicas == 1 for s in plan.servers)
+    for s in plan.servers:
+        shares = [a.cost_per_hour for a in plan.assignments
+                  if a.server == s.name and a.phase == s.phase]
+        assert shares and all(math.isclose(x or 0, s.cost_per_hour / len(shares))
+                              for x in shares)

@@ -182,7 +182,8 @@ def print_plan(name: str, plan: Plan, out: Console) -> None:
     if plan.baselines:
         bt = Table("baseline", "feasible", "latency s", plan.objective.name, "this plan saves",
                    "note", title="baselines: one accelerator type for the accelerated steps "
-                   "(CPU steps on CPU); every step on one pool, where feasible")
+                   "(CPU steps on CPU); every step on one pool, where feasible; no shared "
+                   "model servers")
         for b in plan.baselines:
             label = {"accelerator": f"{b.pool} + CPU", "single-pool": f"{b.pool} only",
                      "unshared": "no shared model servers"}[b.kind]

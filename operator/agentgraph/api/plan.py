@@ -75,8 +75,8 @@ class Baseline(ApiModel):
     ``accelerator``: every accelerated step (LLM, embedding, speech, an accelerated vector
     search) on ``pool``, the CPU steps (tools, compute, a CPU vector search) on the CPU pools.
     ``single-pool``: every step on ``pool``; for a CPU pool, or an accelerator when the graph
-    has CPU steps and a CPU pool, listed only where it is feasible. ``unshared``: this plan's
-    pools, every step on model servers of its own (listed when steps share servers)."""
+    has CPU steps and a CPU pool, listed only where it is feasible. ``unshared``: every pool,
+    every step on model servers of its own (listed when steps share servers)."""
 
     pool: str | None = None  # None for ``unshared``
     kind: Literal["accelerator", "single-pool", "unshared"]

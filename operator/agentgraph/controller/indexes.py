@@ -61,7 +61,9 @@ async def placed(namespace: str | None, name: str, status: kopf.Status, meta: ko
     return {(namespace, name): Readiness(
         current=current, ready=condition_status(status, "Ready") == "True",
         steps=frozenset((object_name(name, s.get("step", ""), s.get("phase")),
-                         s.get("replicas"), s.get("pool")) for s in steps))}
+                         s.get("replicas"), s.get("pool")) for s in steps
+                        # a step on another step's shared server has no Deployment of its own
+                        if s.get("server") in (None, s.get("step"))))}
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED_BY)

@@ -355,6 +355,8 @@ def _groups(graph: AgentGraph, steps: dict[str, FlatStep]) -> dict[str, tuple[st
         key = group_key(flat.step)
         if key is not None:
             by_key.setdefault(key, []).append(flat)
+    if graph.spec.sla.target_requests_per_second is None:
+        return {}
     issues = []
     for members in by_key.values():
         first = members[0]
@@ -369,8 +371,6 @@ def _groups(graph: AgentGraph, steps: dict[str, FlatStep]) -> dict[str, tuple[st
                     "another name"))
     if issues:
         raise PlanningError(issues)
-    if graph.spec.sla.target_requests_per_second is None:
-        return {}
     return {key: tuple(f.name for f in members) for key, members in by_key.items()
             if len(members) > 1}
 

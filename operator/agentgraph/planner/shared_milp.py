@@ -18,9 +18,9 @@ Rows
   TTFT: prefill + KV + one decode token, per step; capacity: units * n per pool
 The objective: the servers' replicas at their hourly price, the transfers, and the other steps'
 configurations. Before solving, options slower than the room the SLA leaves a step (every
-other step at its fastest) are dropped, as ``bounds`` does for configurations. HiGHS solves it
-alone: the first-incumbent heuristics, reduced-cost fixing and our branch and bound assume
-costs per step.
+other step at its fastest) are dropped, as ``bounds`` does for configurations. For one graph,
+a first plan (``shared_start``) and the LP's reduced costs fix whole-number columns no cheaper
+plan uses; HiGHS then solves the rest alone (our branch and bound assumes costs per step).
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ def solve(graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
             start = _start(graphs[0], columns[0], x_lp, snapshot, scale)
             if start is not None:  # reduced-cost fixing, as milp's
                 slack = start[1] - lp_bound + FIX_TOL * max(1.0, abs(start[1]))
-                upper[reduced > slack] = 0.0
+                # Only whole-number columns: a used one is at least 1, which the argument needs
+                # (a finish time may be used at any small value).
+                upper[(reduced > slack) & np.array(b.integer, dtype=bool)] = 0.0
         seconds["start"] = time.perf_counter() - t
     t = time.perf_counter()
     x, code, value, bound, nodes = _run(b, upper, max(time_limit - (t - started), 1e-6))
@@ -296,7 +298,9 @@ def _run(b: lp.Builder, upper: np.ndarray, time_limit: float
     info = h.getInfo()
     status = h.getModelStatus()
     nodes = int(info.mip_node_count)
-    if status == highspy.HighsModelStatus.kInfeasible:
+    # (The objective is bounded below: 'unbounded or infeasible' is infeasible.)
+    if status in (highspy.HighsModelStatus.kInfeasible,
+                  highspy.HighsModelStatus.kUnboundedOrInfeasible):
         return None, "infeasible", INF, INF, nodes
     if info.primal_solution_status != 2:
         return None, "limit", INF, -INF, nodes

@@ -44,8 +44,11 @@ class Server:
         return self.replicas * self.replica_hour
 
     def share(self, step: str) -> float:
-        """The part of the server's cost a member's load takes."""
+        """The part of the server's cost a member's load takes (an even part when none of
+        them has load: steps of a loop's rest at one expected iteration)."""
         total = sum(self.loads)
+        if total <= 0:
+            return self.cost_per_hour / len(self.members)
         return self.cost_per_hour * self.loads[self.members.index(step)] / total
 
 

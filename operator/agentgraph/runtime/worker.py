@@ -177,7 +177,7 @@ class Worker:
             self._count(400)
             return _error(400, "bad request: expected {\"inputs\": {...}, ...}", self.config)
         step = body.get("step") or self.config.step
-        if step not in self.backends:
+        if not isinstance(step, str) or step not in self.backends:
             self._count(400)
             return _error(400, f"bad request: this server runs {', '.join(self.backends)}, "
                           f"not {step!r}", self.config)
