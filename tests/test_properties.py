@@ -131,6 +131,18 @@ def unpruned(graph: AgentGraph, pools: list[HardwareProfile], most: int) -> Unpr
     return model, snapshot, options, slots, choices
 
 
+def brute_force(model: graph_model.GraphModel, snapshot: ClusterSnapshot,
+                options: dict[str, candidates.StepOptions], slots: list[tuple[str, Any]],
+                choices: list[list[candidates.Option]]) -> float:
+    """The cheapest feasible selection's objective, scored by ``evaluate``; inf without one."""
+    best = math.inf
+    for combo in itertools.product(*choices):
+        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
+        if ev.feasible:
+            best = min(best, ev.objective)
+    return best
+
+
 def assert_planned_at(graph: AgentGraph, pools: list[HardwareProfile], best: float) -> None:
     """The plan costs what the brute force found, or there is none when it found none."""
     plan = solve.plan(graph, pools, SMALL)
@@ -146,13 +158,7 @@ def assert_planned_at(graph: AgentGraph, pools: list[HardwareProfile], best: flo
 @given(scenarios())
 def test_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]]) -> None:
     graph, pools = case
-    model, snapshot, options, slots, choices = unpruned(graph, pools, 3000)
-    best = math.inf
-    for combo in itertools.product(*choices):
-        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
-        if ev.feasible:
-            best = min(best, ev.objective)
-    assert_planned_at(graph, pools, best)
+    assert_planned_at(graph, pools, brute_force(*unpruned(graph, pools, 3000)))
 
 
 @PROPERTY

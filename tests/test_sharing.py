@@ -5,12 +5,11 @@ and the runtime route the steps to the shared server."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 from typing import Any
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agentgraph.api.graph import AgentGraph
@@ -25,7 +24,7 @@ from agentgraph.planner.errors import PlanningError
 from agentgraph.planner.evaluate import evaluate
 from agentgraph.planner.snapshot import ClusterSnapshot
 from builders import EXAMPLES_DIR, LLAMA3_8B, llm, make_graph, make_pool, shipped_profiles, tool
-from test_properties import PROPERTY, SMALL, assert_planned_at
+from test_properties import PROPERTY, SMALL, assert_planned_at, brute_force, unpruned
 
 EIGHT_B = {**LLAMA3_8B, "name": "llama-8b"}
 POOLS = [make_pool("big", price=2.5, tflops=1500, bandwidth=6000, memory=192),
@@ -119,19 +118,8 @@ def test_shared_milp_cost_equals_brute_force(case: tuple[AgentGraph, list[Any]])
     """Every selection of every step phase's option, scored by ``evaluate`` (which sizes the
     shared servers and refuses two on one pool): the plan costs the cheapest feasible one."""
     graph, pools = case
-    model = graph_model.build(graph)
-    assert model.groups
-    snapshot = ClusterSnapshot.from_profiles(pools, SMALL)
-    options = candidates.build(model, snapshot, SMALL)
-    slots = [(name, phase) for name, so in options.items() for phase in so.slots]
-    choices = [options[n].slots[p] for n, p in slots]
-    assume(all(choices) and math.prod(len(c) for c in choices) <= 20000)
-    best = math.inf
-    for combo in itertools.product(*choices):
-        ev = evaluate(model, options, dict(zip(slots, combo, strict=True)), snapshot)
-        if ev.feasible:
-            best = min(best, ev.objective)
-    assert_planned_at(graph, pools, best)
+    assert graph_model.build(graph).groups
+    assert_planned_at(graph, pools, brute_force(*unpruned(graph, pools, 20000)))
 
 
 def test_render_makes_one_deployment_per_server_and_routes_every_step_to_it() -> None:
