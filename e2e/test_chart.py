@@ -109,18 +109,60 @@ def test_rendered_chart_passes_a_server_side_dry_run(kube: Kube, helm: Helm) -> 
         assert kind in out, out
 
 
-def service_account_kubeconfig(kube: Kube, folder: Path) -> Path:
+def service_account_kubeconfig(kube: Kube, folder: Path, account: str = FULLNAME,
+                               namespace: str = NAMESPACE) -> Path:
     """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token)."""
-    token = kube("create", "token", FULLNAME, "-n", NAMESPACE, "--duration=1h").strip()
+    token = kube("create", "token", account, "-n", namespace, "--duration=1h").strip()
     admin = json.loads(kube("config", "view", "--raw", "--minify", "--flatten", "-o", "json"))
     config = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
               "users": [{"name": "operator", "user": {"token": token}}],
               "contexts": [{"name": "operator", "context": {
                   "cluster": admin["clusters"][0]["name"], "user": "operator"}}],
               "current-context": "operator"}
-    path = folder / "operator.kubeconfig"
+    path = folder / f"{account}.kubeconfig"
     path.write_text(json.dumps(config))
     return path
+
+
+def release_settings(kube: Kube, fullname: str, namespace: str, folder: Path) -> Path:
+    """The release's settings and profiles, as its pod would mount them, at local paths."""
+    settings = yaml.safe_load(kube("get", "configmap", fullname, "-n", namespace,
+                                   "-o", "jsonpath={.data.config\\.yaml}"))
+    (folder / "profiles.yaml").write_text(kube(
+        "get", "configmap", f"{fullname}-profiles", "-n", namespace,
+        "-o", "jsonpath={.data.profiles\\.yaml}"))
+    settings["profilesFile"] = str(folder / "profiles.yaml")
+    (folder / "config.yaml").write_text(yaml.safe_dump(settings))
+    return folder / "config.yaml"
+
+
+def run_operator(config: Path, kubeconfig: Path, lease_namespace: str, port: int,
+                 log: Path) -> subprocess.Popen[bytes]:
+    """The operator as a local process with the given identity (no image runs here)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentgraph.controller", "--config", str(config),
+         "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": lease_namespace})
+
+
+def stop_operator(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def graph_ready(kube: Kube, namespace: str, name: str) -> bool:
+    obj = kube.json("get", "agentgraphs.agentgraph.dev", name, "-n", namespace)
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in obj.get("status", {}).get("conditions", []))
+
+
+def no_refusals(log: Path) -> None:
+    # An API refusal reads "(403)" / "Forbidden" in the client's error; a bare "403" also
+    # turns up in log timestamps ("11:24:34,403").
+    text = log.read_text()
+    assert "Forbidden" not in text and "(403)" not in text, text[-3000:]
 
 
 def test_the_operator_as_the_charts_service_account_reaches_ready(
@@ -132,14 +174,7 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
         f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
     assert as_operator.attempt("auth", "can-i", "delete", "nodes").stdout.strip() == "no"
     assert as_operator.attempt("auth", "can-i", "create", "secrets").stdout.strip() == "no"
-    # The chart's settings and profiles, as the pod would mount them, at local paths.
-    settings = yaml.safe_load(kube("get", "configmap", FULLNAME, "-n", NAMESPACE,
-                                   "-o", "jsonpath={.data.config\\.yaml}"))
-    (tmp_path / "profiles.yaml").write_text(kube(
-        "get", "configmap", f"{FULLNAME}-profiles", "-n", NAMESPACE,
-        "-o", "jsonpath={.data.profiles\\.yaml}"))
-    settings["profilesFile"] = str(tmp_path / "profiles.yaml")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    config = release_settings(kube, FULLNAME, NAMESPACE, tmp_path)
     # Profiles someone else installed (the other modules, with kubectl) are theirs: the
     # operator must not take them over. All but one go; the one left must stay as it is.
     kube("delete", "hardwareprofiles.agentgraph.dev", "-l", "!agentgraph.dev/installed-by",
@@ -147,22 +182,13 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
     kube("label", "hardwareprofiles.agentgraph.dev", "a100", "e2e/owner=someone-else",
          "--overwrite")
     log = tmp_path / "operator.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentgraph.controller", "--config", str(tmp_path / "config.yaml"),
-         "--liveness", "http://127.0.0.1:18281/healthz", "--metrics-port", "18381"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "KUBECONFIG": str(who), "POD_NAMESPACE": NAMESPACE})
+    proc = run_operator(config, who, NAMESPACE, 18281, log)
     graphs = namespace
     try:
         kube("apply", "-n", graphs, "--server-side", "--field-manager=e2e", "-f", "-",
              stdin=yaml.safe_dump(VOICE))
-
-        def ready() -> bool:
-            obj = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", graphs)
-            return any(c["type"] == "Ready" and c["status"] == "True"
-                       for c in obj.get("status", {}).get("conditions", []))
-
-        wait_for("voice-agent Ready under the chart's RBAC", ready, WAIT_READY_S)
+        wait_for("voice-agent Ready under the chart's RBAC",
+                 lambda: graph_ready(kube, graphs, "voice-agent"), WAIT_READY_S)
         # hardwareProfiles.builtin: the operator installed all shipped profiles, marked.
         installed = kube.json("get", "hardwareprofiles.agentgraph.dev", "-l",
                               "agentgraph.dev/installed-by=operator-settings")["items"]
@@ -174,10 +200,7 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
         assert "agentgraph.dev/installed-by" not in theirs["labels"]
         with urllib.request.urlopen("http://127.0.0.1:18281/healthz", timeout=5) as r:
             assert r.status == 200
-        text = log.read_text()
-        # An API refusal reads "(403)" / "Forbidden" in the client's error; a bare "403" also
-        # turns up in log timestamps ("11:24:34,403").
-        assert "Forbidden" not in text and "(403)" not in text, text[-3000:]
+        no_refusals(log)
         lease = kube.json("get", "lease", "agentgraph-operator", "-n", NAMESPACE)
         assert lease["spec"]["holderIdentity"]  # it led from the release's namespace
         # The operator wrote no part of the spec and added no finalizer (Argo CD would see it).
@@ -192,9 +215,98 @@ def test_the_operator_as_the_charts_service_account_reaches_ready(
             assert "app.kubernetes.io/instance" not in labels
             assert not any(k.startswith("argocd.argoproj.io/") for k in labels)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        stop_operator(proc)
+
+
+SCOPED = "scoped"  # a second release, namespaced: watchNamespaces
+SCOPED_NAMESPACE = "agentgraph-scoped"
+SCOPED_FULLNAME = f"{SCOPED}-agentgraph-operator"
+
+
+def test_a_namespaced_install_acts_only_in_its_namespaces(
+        kube: Kube, helm: Helm, release: str, tmp_path: Path) -> None:
+    """watchNamespaces: Roles in the listed namespace, a ClusterRole for the cluster-scoped part
+    only. Impersonation shows what the identity may and may not do. The operator run as it
+    plans a graph in its namespace, around devices held by a pod in a namespace it does not
+    watch, and leaves a graph outside its namespace alone."""
+    watched, outside = "e2e-scoped-in", "e2e-scoped-out"
+    for ns in (watched, outside):
+        kube("create", "namespace", ns)
+    helm("install", SCOPED, str(CHART), "-n", SCOPED_NAMESPACE, "--create-namespace",
+         "--set", "crds.enabled=false", "--set", "replicaCount=1",
+         "--set", f"watchNamespaces={{{watched}}}", "--wait", "--timeout", "120s")
+    proc = None
+    try:
+        who = f"system:serviceaccount:{SCOPED_NAMESPACE}:{SCOPED_FULLNAME}"
+
+        def can(*args: str) -> str:
+            return kube.attempt("auth", "can-i", *args, f"--as={who}").stdout.strip()
+
+        status = ("agentgraphs.agentgraph.dev", "--subresource=status")
+        allowed = [("create", "deployments", "-n", watched), ("patch", *status, "-n", watched),
+                   ("create", "rolebindings", "-n", watched), ("list", "pods", "-A"),
+                   ("watch", "nodes"), ("patch", "hardwareprofiles.agentgraph.dev"),
+                   ("create", "events", "-n", SCOPED_NAMESPACE),
+                   ("update", "leases/agentgraph-operator", "-n", SCOPED_NAMESPACE)]
+        refused = [("get", "secrets", "-n", watched), ("list", "secrets", "-A"),
+                   ("get", "secrets", "-n", SCOPED_NAMESPACE),
+                   ("create", "deployments", "-n", outside), ("patch", *status, "-n", outside),
+                   ("list", "agentgraphs.agentgraph.dev", "-A"),
+                   ("create", "configmaps", "-n", outside), ("create", "events", "-n", "default"),
+                   ("create", "roles", "-n", outside), ("delete", "pods", "-n", watched),
+                   ("patch", "nodes"), ("create", "deployments", "-n", SCOPED_NAMESPACE)]
+        assert [a for a in allowed if can(*a) != "yes"] == []
+        assert [a for a in refused if can(*a) != "no"] == []
+        # Every gaudi3 device is taken by a pod in a namespace the operator does not watch;
+        # with them free, the voice agent's reasoning step would go there.
+        free = json.loads(subprocess.run(
+            [str(Path(sys.executable).with_name("agentgraph")), "plan",
+             str(EXAMPLES_DIR / "voice-agent.yaml"),
+             "--profiles", str(ROOT / "hardware_profiles"), "-o", "json"],
+            capture_output=True, text=True, check=True).stdout)
+        assert "gaudi3" in {a["pool"] for a in free["assignments"]}
+        for node in kube.json("get", "nodes", "-l", "agentgraph.dev/pool=gaudi3")["items"]:
+            devices = node["status"]["allocatable"]["habana.ai/gaudi"]
+            kube.apply([{"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": f"hog-{node['metadata']['name']}",
+                                      "namespace": outside},
+                         "spec": {"nodeName": node["metadata"]["name"], "containers": [
+                             {"name": "hog", "image": "example.com/hog:1", "resources": {
+                                 "requests": {"habana.ai/gaudi": devices},
+                                 "limits": {"habana.ai/gaudi": devices}}}]}}])
+        before = sorted(p["metadata"]["name"] for p in kube.json(
+            "get", "hardwareprofiles.agentgraph.dev")["items"])
+        config = release_settings(kube, SCOPED_FULLNAME, SCOPED_NAMESPACE, tmp_path)
+        assert yaml.safe_load(config.read_text())["watchNamespaces"] == [watched]
+        log = tmp_path / "scoped.log"
+        proc = run_operator(config, service_account_kubeconfig(
+            kube, tmp_path, SCOPED_FULLNAME, SCOPED_NAMESPACE), SCOPED_NAMESPACE, 18291, log)
+        for ns in (watched, outside):
+            kube("apply", "-n", ns, "--server-side", "--field-manager=e2e", "-f", "-",
+                 stdin=yaml.safe_dump(VOICE))
+        wait_for("voice-agent Ready in the watched namespace",
+                 lambda: graph_ready(kube, watched, "voice-agent"), WAIT_READY_S)
+        plan = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n",
+                         watched)["status"]["plan"]
+        assert "gaudi3" not in {s["pool"] for s in plan["steps"]}, plan["steps"]
+        # Outside its namespaces: not planned, no status, no children.
+        theirs = kube.json("get", "agentgraphs.agentgraph.dev", "voice-agent", "-n", outside)
+        assert not theirs.get("status"), theirs.get("status")
+        assert kube.json("get", "deployments,services,configmaps", "-n", outside,
+                         "-l", "app.kubernetes.io/managed-by=agentgraph")["items"] == []
+        # Its empty profile list prunes nothing the other release installed.
+        after = sorted(p["metadata"]["name"] for p in kube.json(
+            "get", "hardwareprofiles.agentgraph.dev")["items"])
+        assert after == before
+        lease = kube.json("get", "lease", "agentgraph-operator", "-n", SCOPED_NAMESPACE)
+        assert lease["spec"]["holderIdentity"]
+        no_refusals(log)
+    finally:
+        if proc is not None:
+            stop_operator(proc)
+        helm("uninstall", SCOPED, "-n", SCOPED_NAMESPACE, "--wait")
+        for ns in (watched, outside, SCOPED_NAMESPACE):
+            kube("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def test_an_agentgraph_applied_twice_changes_nothing(kube: Kube, release: str,

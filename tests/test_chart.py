@@ -60,13 +60,22 @@ def test_profiles_from_the_settings_are_marked_and_pruned_only_when_ours() -> No
     from agentgraph.controller import profiles
 
     shipped = profiles.load(ROOT / "hardware_profiles" / "h100.yaml")
-    wanted = profiles.manifests(shipped)
+    wanted = profiles.manifests(shipped, "agentgraph-system")
     assert all(m["metadata"]["labels"][profiles.LABEL_SOURCE] == profiles.SOURCE for m in wanted)
+    assert all(m["metadata"]["labels"][profiles.LABEL_OWNER] == "agentgraph-system"
+               for m in wanted)
     assert all(m["kind"] == "HardwareProfile" and m["spec"] for m in wanted)
     installed = [
         {"metadata": {"name": "old", "labels": {profiles.LABEL_SOURCE: profiles.SOURCE}}},
         {"metadata": {"name": "by-hand", "labels": {}}},  # kubectl or Argo CD: never ours
         {"metadata": {"name": wanted[0]["metadata"]["name"],
                       "labels": {profiles.LABEL_SOURCE: profiles.SOURCE}}},
+        # another release's (a namespaced install with its Lease elsewhere): never ours
+        {"metadata": {"name": "theirs", "labels": {profiles.LABEL_SOURCE: profiles.SOURCE,
+                                                   profiles.LABEL_OWNER: "team-b"}}},
+        {"metadata": {"name": "mine", "labels": {profiles.LABEL_SOURCE: profiles.SOURCE,
+                                                 profiles.LABEL_OWNER: "agentgraph-system"}}},
     ]
-    assert profiles.stale(installed, [m["metadata"]["name"] for m in wanted]) == ["old"]
+    names = [m["metadata"]["name"] for m in wanted]
+    assert profiles.stale(installed, names, "agentgraph-system") == ["mine", "old"]
+    assert profiles.stale(installed, names, "team-b") == ["old", "theirs"]

@@ -140,6 +140,45 @@ def test_operator_config_defaults_and_errors_naming_the_field(tmp_path) -> None:
         load(bad)
 
 
+def test_watch_namespaces_are_namespace_names_once_each(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agentgraph.controller.config import ConfigError, load
+
+    settings = tmp_path / "ns.yaml"
+    settings.write_text("watchNamespaces: [team-a, team-b]\nleaseNamespace: ops\n")
+    loaded = load(settings)
+    assert loaded.watch_namespaces == ["team-a", "team-b"]
+    assert loaded.events_namespace == "ops"  # it may not write events in default
+    assert load(None).watch_namespaces == [] and load(None).events_namespace == "default"
+    settings.write_text("watchNamespaces: [Team_A]\n")
+    with pytest.raises(ConfigError, match=r"watchNamespaces\[0\]: String should match pattern"):
+        load(settings)
+    settings.write_text("watchNamespaces: [a, b, a]\n")
+    with pytest.raises(ConfigError, match=r"watchNamespaces: listed more than once: a"):
+        load(settings)
+
+
+def test_pod_entries_keep_only_what_holds_room() -> None:
+    """What both the pods index and the namespaced operator's PodWatch keep of a pod."""
+    bound = pod("a", 2, namespace="team", graph="g")
+    bound["metadata"]["name"] = "p"
+    bound["metadata"]["labels"]["agentgraph.dev/pool"] = "h100"
+    bound["metadata"]["annotations"] = {"big": "x" * 1000}
+    entry = snapshot.pod_entry(bound)
+    assert entry == {"metadata": {"namespace": "team", "labels": {
+        "agentgraph.dev/graph": "g", "agentgraph.dev/pool": "h100"}},
+        "spec": {"nodeName": "a", "containers": [
+            {"resources": {"requests": {"nvidia.com/gpu": "2", "cpu": "500m"}}}]},
+        "status": {"phase": "Running"}}
+    assert snapshot.pod_entry(pod("a", 1, phase="Succeeded")) is None  # finished
+    unbound = pod("a", 1)
+    unbound["spec"]["nodeName"] = None
+    assert snapshot.pod_entry(unbound) is None  # pending and not ours: nowhere yet
+    unbound["metadata"]["labels"] = {"agentgraph.dev/pool": "l4"}
+    assert snapshot.pod_entry(unbound) is not None  # ours, on its way to pool l4
+    assert snapshot.pod_entry({"metadata": {"namespace": "x"}, "spec": {"nodeName": "n"},
+                               "status": None}) is not None  # sparse objects do not raise
+
+
 def test_largest_free_is_the_roomiest_single_node() -> None:
     gpu = make_pool("gpu")
     nodes = [node("a", "gpu"), node("b", "gpu")]

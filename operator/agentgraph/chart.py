@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from agentgraph.api import crdgen
 from agentgraph.api.hardware import HardwareProfileSpec
-from agentgraph.controller.config import OperatorConfig, ReplanConfig
+from agentgraph.controller.config import DNS_LABEL, MAX_WATCHED, OperatorConfig, ReplanConfig
 
 KubeObject = dict[str, Any]  # passed through to Kubernetes as written (resources, affinity...)
 
@@ -109,6 +109,9 @@ class ChartValues(Values):
     replica_count: int = Field(2, ge=1)  # one leads (Lease), the others stand by
     pod_disruption_budget: PodDisruptionBudget = Field(default_factory=PodDisruptionBudget)
     crds: Crds = Field(default_factory=Crds)
+    # Empty: every namespace (a ClusterRole); else Roles in these only (README).
+    watch_namespaces: list[Annotated[str, StringConstraints(pattern=DNS_LABEL)]] = Field(
+        default_factory=list, max_length=MAX_WATCHED)
     service_account: ServiceAccount = Field(default_factory=ServiceAccount)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     runtime: Runtime = Field(default_factory=Runtime)

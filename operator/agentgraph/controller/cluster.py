@@ -32,7 +32,8 @@ CHILD_KINDS: dict[str, tuple[str, str, str]] = {
 
 
 class Cluster:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, events_namespace: str = "default") -> None:
+        self.events_namespace = events_namespace  # for events about cluster-scoped objects
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -126,9 +127,9 @@ class Cluster:
     def event(self, graph: Mapping[str, Any], type_: str, reason: str, message: str,
               kind: str = "AgentGraph") -> None:
         """An event about an AgentGraph, or (``kind``) a cluster-scoped HardwareProfile, whose
-        events go to the default namespace, as the API server files those of Nodes."""
+        events go to ``events_namespace``."""
         meta = graph["metadata"]
-        namespace = meta.get("namespace") or "default"
+        namespace = meta.get("namespace") or self.events_namespace
         at = datetime.now(UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=namespace),

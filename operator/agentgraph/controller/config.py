@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 import yaml
-from pydantic import Field
+from pydantic import Field, StringConstraints, field_validator
 
 from agentgraph.api.common import ApiModel
 from agentgraph.api.loading import validation_lines
@@ -42,8 +42,16 @@ class ReplanConfig(ApiModel):
                               breach_passes=self.breach_passes)
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+MAX_WATCHED = 256
+
+
 class OperatorConfig(ApiModel):
     lease_namespace: str | None = None  # None: $POD_NAMESPACE (set by the chart), else default
+    # Empty: every namespace. Else only the AgentGraphs (and their children) in these; the
+    # cluster-scoped reads (Nodes, HardwareProfiles, Namespaces, every Pod) stay cluster-wide.
+    watch_namespaces: list[Annotated[str, StringConstraints(pattern=DNS_LABEL)]] = Field(
+        default_factory=list, max_length=MAX_WATCHED)
     resync_seconds: float = Field(60.0, ge=5)  # a FULL reconcile of every graph this often
     keep_within: float = Field(KEEP_WITHIN, ge=0, le=10)  # move a running graph only to save more
     solver_time_limit_seconds: float = Field(30.0, gt=0)
@@ -57,6 +65,20 @@ class OperatorConfig(ApiModel):
     # None: no replanning from measurements; graphs show MetricsUnavailable.
     prometheus_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
     replan: ReplanConfig = Field(default_factory=ReplanConfig)
+
+    @field_validator("watch_namespaces")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return names
+
+    @property
+    def events_namespace(self) -> str:
+        """Where events about cluster-scoped HardwareProfiles go: default, as the API server
+        files those of Nodes; a namespaced operator, which may not write there, its own."""
+        return self.lease_namespace_or_default if self.watch_namespaces else "default"
 
     @property
     def runtime(self) -> RuntimeSettings:

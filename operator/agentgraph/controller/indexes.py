@@ -128,22 +128,12 @@ async def nodes(name: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.St
 
 
 @kopf.index("", "v1", "pods")
-async def pods(namespace: str | None, name: str, labels: kopf.Labels, spec: kopf.Spec,
-         status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """Pods that hold resources on a node (bound and not finished), and our step pods that are
-    not bound yet (they will take their pool's resources)."""
-    namespace = namespaced(namespace)
-    node = spec.get("nodeName")
-    pool = labels.get(LABEL_POOL)
-    if (not node and not pool) or status.get("phase") in snapshot.TERMINAL_PHASES:
-        return {}
-    containers = [{"resources": {"requests": dict(c.get("resources", {}).get("requests", {}))}}
-                  for c in spec.get("containers", [])]
-    kept = {k: v for k, v in ((LABEL_GRAPH, labels.get(LABEL_GRAPH)), (LABEL_POOL, pool)) if v}
-    return {(namespace, name): {
-        "metadata": {"namespace": namespace, "labels": kept},
-        "spec": {"nodeName": node, "containers": containers},
-        "status": {"phase": status.get("phase")}}}
+async def pods(namespace: str | None, name: str, body: kopf.Body,
+         **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """Pods that hold resources on a node (snapshot.pod_entry). A namespaced operator watches
+    only its namespaces here and reads every pod from a PodWatch instead (world())."""
+    entry = snapshot.pod_entry(body)
+    return {(namespaced(namespace), name): entry} if entry else {}
 
 
 @kopf.index(GROUP, VERSION, "hardwareprofiles")
@@ -173,7 +163,11 @@ def read(kwargs: Mapping[str, Any], *names: str) -> list[list[Any]]:
 
 
 def world(kwargs: Mapping[str, Any]) -> World:
-    raw_profiles, node_list, pod_list = read(kwargs, "profiles", "nodes", "pods")
+    if STATE.pod_watch is not None:  # a namespaced operator: the index sees only its own
+        raw_profiles, node_list = read(kwargs, "profiles", "nodes")
+        pod_list = STATE.pod_watch.values()
+    else:
+        raw_profiles, node_list, pod_list = read(kwargs, "profiles", "nodes", "pods")
     good, bad = validated(raw_profiles)
     return World(profiles=good, bad_profiles=bad, nodes=node_list, pods=pod_list)
 

@@ -38,6 +38,7 @@ from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import ConfigError, OperatorConfig, load
 from agentgraph.controller.leader import Leader, standby_health
 from agentgraph.controller.measuring import measure
+from agentgraph.controller.podwatch import PodWatch
 from agentgraph.controller.prometheus import Prometheus
 from agentgraph.controller.reconcile import Outcome, reconcile
 from agentgraph.controller.state import STATE
@@ -86,6 +87,8 @@ def release(**_: Any) -> None:
         task.cancel()
     if STATE.admitter is not None:
         STATE.admitter.stop()
+    if STATE.pod_watch is not None:
+        STATE.pod_watch.stop()
     if STATE.leader is not None:
         STATE.leader.release()
 
@@ -451,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     conf = client.Configuration.get_default_copy()
     conf.connection_pool_maxsize = CONNECTIONS  # one per thread that calls the API at once
     api = client.ApiClient(conf)
-    STATE.cluster, STATE.config, STATE.admitter = Cluster(api), settings, Admitter()
+    STATE.cluster = Cluster(api, events_namespace=settings.events_namespace)
+    STATE.config, STATE.admitter = settings, Admitter()
     if settings.prometheus_url:
         STATE.prometheus = Prometheus(settings.prometheus_url)
     if settings.metrics_port:
@@ -469,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         leader.acquire()  # a standby waits here, alive, until the Lease is free
     STATE.leader = leader
     if settings.profiles_file:
-        installed_profiles.install(api, shipped)
-    kopf.run(clusterwide=True, liveness_endpoint=settings.liveness)
+        installed_profiles.install(api, shipped, settings.lease_namespace_or_default)
+    if settings.watch_namespaces:
+        STATE.pod_watch = PodWatch(api).start()
+        log.info("watching AgentGraphs in %s only", ", ".join(settings.watch_namespaces))
+    kopf.run(clusterwide=not settings.watch_namespaces, namespaces=settings.watch_namespaces,
+             liveness_endpoint=settings.liveness)
     return 0

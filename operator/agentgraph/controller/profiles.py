@@ -5,7 +5,8 @@ HardwareProfile whose CRD is in the same release.
 
 The leader applies them at start-up (server-side, field manager agentgraph-operator) and deletes
 the ones it installed earlier that the settings no longer list. Profiles installed otherwise
-(kubectl, Argo CD) are never touched.
+(kubectl, Argo CD), or by another release (namespaced installs, each with its own Lease
+namespace, may share a cluster), are never touched.
 """
 
 from __future__ import annotations
@@ -26,27 +27,35 @@ from agentgraph.controller.cluster import APPLY, FIELD_MANAGER
 log = logging.getLogger("agentgraph.profiles")
 LABEL_SOURCE = f"{GROUP}/installed-by"
 SOURCE = "operator-settings"
+LABEL_OWNER = f"{GROUP}/installed-for"  # the installing operator's Lease namespace
 PROFILE_CACHE = 1000  # validated profiles kept, by (name, resourceVersion)
 _profiles_seen: dict[tuple[str, str], tuple[HardwareProfile | None, list[str]]] = {}
 
 
-def manifests(profiles: Iterable[HardwareProfile]) -> list[dict[str, Any]]:
-    """What to apply: each profile as written, marked as installed from the settings."""
+def manifests(profiles: Iterable[HardwareProfile], owner: str) -> list[dict[str, Any]]:
+    """What to apply: each profile as written, marked as installed from the settings of the
+    operator whose Lease is in namespace ``owner``."""
     out = []
     for p in sorted(profiles, key=lambda p: p.name):
-        labels = {**p.metadata.labels, LABEL_SOURCE: SOURCE}
+        labels = {**p.metadata.labels, LABEL_SOURCE: SOURCE, LABEL_OWNER: owner}
         out.append({"apiVersion": f"{GROUP}/{VERSION}", "kind": "HardwareProfile",
                     "metadata": {"name": p.name, "labels": labels},
                     "spec": p.spec.model_dump(by_alias=True, exclude_none=True, mode="json")})
     return out
 
 
-def stale(installed: Iterable[Mapping[str, Any]], wanted: Iterable[str]) -> list[str]:
-    """Profiles we installed before that the settings no longer list."""
+def stale(installed: Iterable[Mapping[str, Any]], wanted: Iterable[str],
+          owner: str) -> list[str]:
+    """Profiles we installed before that the settings no longer list. One marked without an
+    owner (before installs were told apart) counts as ours."""
     keep = set(wanted)
-    return sorted(o["metadata"]["name"] for o in installed
-                  if o.get("metadata", {}).get("labels", {}).get(LABEL_SOURCE) == SOURCE
-                  and o["metadata"]["name"] not in keep)
+    out = []
+    for o in installed:
+        labels = o.get("metadata", {}).get("labels", {})
+        if (labels.get(LABEL_SOURCE) == SOURCE and labels.get(LABEL_OWNER, owner) == owner
+                and o["metadata"]["name"] not in keep):
+            out.append(o["metadata"]["name"])
+    return sorted(out)
 
 
 def load(path: str | Path) -> list[HardwareProfile]:
@@ -54,9 +63,9 @@ def load(path: str | Path) -> list[HardwareProfile]:
     return parse(Path(path).read_text(), str(path)).profiles
 
 
-def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
+def install(api: client.ApiClient, profiles: list[HardwareProfile], owner: str) -> None:
     custom = client.CustomObjectsApi(api)
-    wanted = manifests(profiles)
+    wanted = manifests(profiles, owner)
     listed = custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles")
     others = {o["metadata"]["name"] for o in (listed.get("items", [])
                                               if isinstance(listed, dict) else [])
@@ -73,7 +82,7 @@ def install(api: client.ApiClient, profiles: list[HardwareProfile]) -> None:
     listed = custom.list_cluster_custom_object(GROUP, VERSION, "hardwareprofiles",
                                                label_selector=f"{LABEL_SOURCE}={SOURCE}")
     items = listed.get("items", []) if isinstance(listed, dict) else []
-    for name in stale(items, (m["metadata"]["name"] for m in wanted)):
+    for name in stale(items, (m["metadata"]["name"] for m in wanted), owner):
         custom.delete_cluster_custom_object(GROUP, VERSION, "hardwareprofiles", name)
         log.info("deleted HardwareProfile %s: no longer in the settings", name)
     log.info("installed %d HardwareProfile(s) from the settings",

@@ -21,6 +21,24 @@ def parse_quantity(value: str | int | float) -> float:
     return float(quantity.parse_quantity(value))  # type: ignore[no-untyped-call]
 
 
+def pod_entry(pod: Obj) -> dict[str, Any] | None:
+    """What the snapshot reads of a pod, or None when it holds nothing: pods bound to a node
+    and not finished, and our step pods not bound yet (they will take their pool's room).
+    Small on purpose: the caches keep one per pod in the cluster."""
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    node, pool = spec.get("nodeName"), labels.get(LABEL_POOL)
+    if (not node and not pool) or status.get("phase") in TERMINAL_PHASES:
+        return None
+    containers = [{"resources": {"requests": dict((c.get("resources") or {})
+                                                  .get("requests") or {})}}
+                  for c in spec.get("containers") or []]
+    kept = {k: v for k, v in ((LABEL_GRAPH, labels.get(LABEL_GRAPH)), (LABEL_POOL, pool)) if v}
+    return {"metadata": {"namespace": meta.get("namespace"), "labels": kept},
+            "spec": {"nodeName": node, "containers": containers},
+            "status": {"phase": status.get("phase")}}
+
+
 def matches(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 

@@ -11,6 +11,7 @@ from agentgraph.controller.cluster import Cluster
 from agentgraph.controller.config import OperatorConfig
 from agentgraph.controller.leader import Leader
 from agentgraph.controller.ledger import Ledger
+from agentgraph.controller.podwatch import PodWatch
 from agentgraph.controller.prometheus import Prometheus
 
 if TYPE_CHECKING:  # it reads STATE
@@ -28,6 +29,7 @@ class State:
     loop: asyncio.AbstractEventLoop | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     indexes: dict[str, Any] | None = None  # kopf's live index views, for the loops
+    pod_watch: PodWatch | None = None  # every pod, when kopf watches only some namespaces
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
     last_full: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic seconds
     # per graph, the metadata.generation last sent to a FULL reconcile (a spec change bumps it)
