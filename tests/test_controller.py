@@ -285,3 +285,30 @@ def test_a_profile_with_the_status_the_operator_wrote_is_still_usable() -> None:
     assert profiles.problems(raw) == []
     good, bad = profiles.validated([raw])
     assert [p.name for p in good] == ["gpu"] and bad == []
+
+
+def test_a_graph_created_again_under_its_name_is_planned_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The FULL trigger is (uid, generation): our own status writes trigger nothing, a new
+    spec does, and so does a new graph of the same name at the generation last seen (its
+    DELETED event lost to an expired watch)."""
+    import asyncio
+
+    from agentgraph.controller import operator as op
+    from agentgraph.controller.state import STATE
+    from agentgraph.controller.work import Level
+
+    calls: list[tuple[str, str, Level]] = []
+    monkeypatch.setattr(op, "_submit", lambda ns, name, level, _: calls.append((ns, name, level)))
+    monkeypatch.setattr(STATE, "generations", {})
+
+    def event(uid: str, generation: int) -> None:
+        asyncio.run(op.on_graph_event({"type": "MODIFIED"}, "ns", "g",  # type: ignore[arg-type]
+                                      {"metadata": {"uid": uid, "generation": generation}},
+                                      placed={}, deployments={}))
+
+    event("a", 1)
+    event("a", 1)  # a status write: same spec
+    assert calls == [("ns", "g", Level.FULL)]
+    event("a", 2)
+    event("b", 2)  # deleted and created again, at the number last seen
+    assert calls == [("ns", "g", Level.FULL)] * 3

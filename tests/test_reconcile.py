@@ -247,6 +247,38 @@ def test_an_object_we_did_not_create_is_never_taken_over(cluster: FakeCluster) -
     assert again.feasible and len(again.applied) == 13
 
 
+def test_a_graph_blocked_by_someone_elses_object_gives_its_hold_back(
+        cluster: FakeCluster) -> None:
+    """Admitted, then blocked by a user's object of the same name before anything of it
+    exists: the room it was given goes back, and it is not admitted again (a hold taken and
+    given back on every resync) until the name is free."""
+    from agentgraph.controller.ledger import Ledger
+
+    ledger = Ledger()
+    cluster.objects[("Service", "voice-agent-gateway")] = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "voice-agent-gateway", "namespace": "demo"}}
+    out = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world(),  # type: ignore[arg-type]
+                       ledger=ledger)
+    assert not out.feasible and out.applied == []
+    assert ("demo", "voice-agent") not in ledger.holds
+    st = cluster.graph_obj["status"]
+    assert st["admission"].get("holds", []) == []  # a restart seeds no hold from it either
+    assert status.condition_status(st, "Admitted") == "False"
+    assert "voice-agent-gateway" in status.condition_message(st, "Infeasible")
+    writes = len(cluster.writes)
+    again = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world(),  # type: ignore[arg-type]
+                         ledger=ledger)
+    assert not again.feasible and ("demo", "voice-agent") not in ledger.holds
+    assert len(cluster.writes) == writes  # not admitted and given back again: nothing written
+    del cluster.objects[("Service", "voice-agent-gateway")]  # the user gives the name up
+    free = rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world(),  # type: ignore[arg-type]
+                        ledger=ledger)
+    assert free.feasible and len(free.applied) == 13
+    assert ("demo", "voice-agent") in ledger.holds and not ledger.blocked
+    assert status.condition_status(cluster.graph_obj["status"], "Admitted") == "True"
+
+
 def test_prune_leaves_what_only_wears_our_labels(cluster: FakeCluster) -> None:
     rc.reconcile(cluster, cluster.graph("demo", "voice-agent"), world())  # type: ignore[arg-type]
     lookalike = copy.deepcopy(cluster.objects[("Deployment", "voice-agent-embed")])

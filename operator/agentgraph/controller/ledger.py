@@ -53,6 +53,9 @@ class Ledger:
         # generation it saw: their own reconciles report them; a new spec is swept again.
         self.undecidable: dict[Key, int | None] = {}
         self.persisted: set[Key] = set()  # whose hold, as it is now, its status records
+        # Graphs that gave their hold back because objects they would create are someone
+        # else's, by generation: those (kind, name) are checked before they are admitted again.
+        self.blocked: dict[Key, tuple[int | None, tuple[tuple[str, str], ...]]] = {}
         self.seeded = False
 
     def seed(self, holds: Iterable[tuple[Key, Hold]]) -> None:
@@ -119,5 +122,6 @@ class Ledger:
         with self.lock:
             self.waiting.pop(key, None)
             self.undecidable.pop(key, None)
+            self.blocked.pop(key, None)
             self.persisted.discard(key)
             return self.holds.pop(key, None) is not None

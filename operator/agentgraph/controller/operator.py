@@ -365,9 +365,12 @@ async def on_graph_event(event: kopf.RawEvent, namespace: str | None, name: str,
     # kopf's create/update/resume handlers: they keep the whole spec in an annotation (kopf's
     # last-handled configuration), which a spec near the API server's 256 KiB limit on
     # annotations cannot carry, and they patch the user's object.
-    generation = body.get("metadata", {}).get("generation")
-    if key not in STATE.generations or STATE.generations[key] != generation:
-        STATE.generations[key] = generation
+    # By uid too: a graph deleted and created again under its name (a DELETED event lost to
+    # a watch that expired) starts at generation 1 again, maybe the number last seen.
+    meta = body.get("metadata", {})
+    seen = (meta.get("uid"), meta.get("generation"))
+    if STATE.generations.get(key) != seen:
+        STATE.generations[key] = seen
         _submit(*key, Level.FULL, kwargs)
         return
     shown = list(kwargs["placed"].get(key, ()))

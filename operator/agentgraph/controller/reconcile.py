@@ -77,7 +77,10 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
     measured: replanning.Planning | None = None
     admitted: Admission | None = None
     waiting: tuple[Reason, str] | None = None
-    if graph is not None:
+    blocked = _still_blocked(cluster, ledger, obj) if graph is not None and ledger else []
+    if blocked:
+        problems = blocked  # not admitted again while a name it needs is someone else's
+    elif graph is not None:
         for line in world.bad_profiles:
             log.warning("skipping invalid profile: %s", line)
         measured = replanning.planning(graph, previous)
@@ -105,7 +108,9 @@ def reconcile(cluster: Cluster, obj: Obj, world: World, level: Level = Level.FUL
                     if owned(c, meta["uid"])} if previous.get("plan") else {}
             taken = _not_ours(cluster, wanted, live, namespace, meta["uid"])
             if taken:
-                problems, wanted = taken, []
+                problems, wanted = [_taken(kind, child, namespace) for kind, child in taken], []
+                if ledger is not None and not live:  # nothing of it runs: give the room back
+                    admitted = _give_back(ledger, obj, taken, budgets or {})
             applied = []
             for manifest in wanted:
                 key = (manifest["kind"], manifest["metadata"]["name"])
@@ -143,20 +148,60 @@ def owned(child: Obj, uid: str) -> bool:
 
 
 def _not_ours(cluster: Cluster, wanted: Iterable[Obj], live: Mapping[tuple[str, str], Obj],
-              namespace: str, uid: str) -> list[str]:
-    """The objects the plan would write that exist and are someone else's (a user's Service
-    of the same name): never adopted or overwritten. One read per child not known as ours."""
-    taken = []
-    for manifest in wanted:
-        kind, child = manifest["kind"], manifest["metadata"]["name"]
-        if (kind, child) in live:
-            continue
+              namespace: str, uid: str) -> list[tuple[str, str]]:
+    """The objects (kind, name) the plan would write that exist and are someone else's (a
+    user's Service of the same name): never adopted or overwritten. One read per child not
+    known as ours."""
+    names = [(m["kind"], m["metadata"]["name"]) for m in wanted]
+    return _foreign(cluster, [n for n in names if n not in live], namespace, uid)
+
+
+def _foreign(cluster: Cluster, names: Iterable[tuple[str, str]], namespace: str,
+             uid: str) -> list[tuple[str, str]]:
+    out = []
+    for kind, child in names:
         found = cluster.get(kind, namespace, child)
         if found is not None and not owned(found, uid):
-            taken.append(f"{kind}/{child}: exists in namespace {namespace} and is not this "
-                         "graph's (no owner reference to it); the operator will not take it "
-                         "over: delete or rename it, or rename the graph or the step")
-    return taken
+            out.append((kind, child))
+    return out
+
+
+def _taken(kind: str, child: str, namespace: str) -> str:
+    return (f"{kind}/{child}: exists in namespace {namespace} and is not this graph's (no "
+            "owner reference to it); the operator will not take it over: delete or rename it, "
+            "or rename the graph or the step")
+
+
+def _give_back(ledger: Ledger, obj: Obj, taken: list[tuple[str, str]],
+               budgets: Mapping[str, float]) -> Admission:
+    """A graph none of whose objects exist, blocked by someone else's: its hold goes back to
+    the pools (the graphs waiting for room try again), and until those names are free it is
+    not admitted again (no hold taken and handed back on every resync)."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    with ledger.lock:
+        ledger.release(key)
+        ledger.blocked[key] = (meta.get("generation"), tuple(taken))
+        ledger.undecidable[key] = meta.get("generation")  # the admission sweep passes it over
+        return admission.admission_of(None, ledger, key, budgets.get(key[0]))
+
+
+def _still_blocked(cluster: Cluster, ledger: Ledger, obj: Obj) -> list[str]:
+    """Why a graph that gave its hold back is still blocked: the names that are still someone
+    else's, for the spec it was blocked at. Empty when it may be admitted again."""
+    meta = obj["metadata"]
+    key = (meta["namespace"], meta["name"])
+    entry = ledger.blocked.get(key)
+    if entry is None:
+        return []
+    generation, names = entry
+    taken = (_foreign(cluster, names, key[0], meta["uid"])
+             if generation == meta.get("generation") else [])
+    if not taken:
+        with ledger.lock:
+            ledger.blocked.pop(key, None)
+            ledger.undecidable.pop(key, None)
+    return [_taken(kind, child, key[0]) for kind, child in taken]
 
 
 def _readiness(cluster: Cluster, obj: Obj) -> Outcome:

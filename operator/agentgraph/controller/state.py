@@ -32,8 +32,9 @@ class State:
     pod_watch: PodWatch | None = None  # every pod, when kopf watches only some namespaces
     fingerprints: dict[str, Any] = field(default_factory=dict)  # per node: what we read of it
     last_full: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic seconds
-    # per graph, the metadata.generation last sent to a FULL reconcile (a spec change bumps it)
-    generations: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    # per graph, the (uid, metadata.generation) last sent to a FULL reconcile (a spec change
+    # bumps the generation; a graph created again under the name has a new uid)
+    generations: dict[tuple[str, str], tuple[Any, Any]] = field(default_factory=dict)
     # per profile, what the plans read of it last: (generation, annotations)
     profile_generations: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     started: bool = False

@@ -182,7 +182,11 @@ def build(
                             "" if feasible else "see the Infeasible condition", generation,
                             old, at)
     admitted: list[Condition] = [c for c in old if c.type is ConditionType.ADMITTED]
-    if admission is not None:
+    if admission is not None and waiting is None and problems and not admission.holds:
+        admitted = [condition(ConditionType.ADMITTED, False, Reason.NO_FEASIBLE_PLAN,
+                              "holds nothing: see the Infeasible condition", generation, old,
+                              at)]
+    elif admission is not None:
         admitted = [condition(ConditionType.ADMITTED, waiting is None,
                               waiting[0] if waiting else Reason.ADMITTED,
                               waiting[1] if waiting else admitted_message(admission),
