@@ -201,6 +201,9 @@ def print_stats(stats: SolveStats, out: Console) -> None:
     sizes = Table("model", "configurations", title="solver model (--stats)")
     sizes.add_row("candidates (Pareto-pruned)", str(stats.configurations))
     sizes.add_row("after the latency bounds and slack fixing", str(stats.after_bounds))
+    if stats.after_merging is not None:
+        sizes.add_row(f"after merging {stats.steps} steps into {stats.choices} choices "
+                      "(series-parallel)", str(stats.after_merging))
     sizes.add_row("after reduced-cost fixing (what the searches get)", str(stats.after_fixing))
     out.print(sizes)
     lp = "-" if stats.lp_bound is None else f"{stats.lp_bound:.6g}"

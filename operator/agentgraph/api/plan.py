@@ -107,6 +107,12 @@ class SolveStats(ApiModel):
 
     configurations: int  # every candidate configuration of every step
     after_bounds: int  # left once too-slow ones are dropped and slack steps fixed
+    # Steps merged in series and in parallel (planner/series_parallel.py; only where no pool's
+    # capacity enters): the steps, the choices the MILP makes instead, and their options.
+    # None when the model was not merged.
+    steps: int | None = None
+    choices: int | None = None
+    after_merging: int | None = None
     after_fixing: int  # left by reduced-cost fixing: what the searches get
     steps_fixed: int  # steps with one configuration left before the search
     rows: int

@@ -22,7 +22,7 @@ from agentgraph.planner.graph import Block, GraphModel, LoopBlock
 def latency_caps(graph: GraphModel, fastest: Mapping[str, float]) -> dict[str, float]:
     """Step -> the longest duration per visit it may have when every other step takes the
     duration given in ``fastest`` (named for reduction 1; reduction 2 passes the cheapest)."""
-    length = {b.id: _block_length(b, fastest) for b in graph.blocks}
+    length = {b.id: block_length(b, fastest) for b in graph.blocks}
     head: dict[str, float] = {}
     for b in graph.blocks:
         head[b.id] = max((head[p] + length[p] for p in b.preds), default=0.0)
@@ -59,7 +59,7 @@ def _loop_caps(loop: LoopBlock, fastest: Mapping[str, float], room: float) -> di
     return caps
 
 
-def _block_length(block: Block, fastest: Mapping[str, float]) -> float:
+def block_length(block: Block, fastest: Mapping[str, float]) -> float:
     if block.loop is None:
         assert block.step is not None
         return fastest[block.step]

@@ -40,7 +40,7 @@ import highspy
 import numpy as np
 
 from agentgraph.api.plan import SolveStats
-from agentgraph.planner import bounds, branch, lp, shared_milp
+from agentgraph.planner import bounds, branch, lp, series_parallel, shared_milp
 from agentgraph.planner.candidates import Config, StepOptions
 from agentgraph.planner.evaluate import Selection
 from agentgraph.planner.graph import GraphModel
@@ -123,17 +123,53 @@ def solve_joint(
         shared = shared_milp.solve(graphs, snapshot, time_limit)
         return JointResult(shared.selections, shared.status, time.perf_counter() - started,
                            shared.variables, shared.rows, shared.gap, shared.stats)
+    # Where no configuration holds units of a limited pool, steps touch each other only
+    # through their durations, and the steps merge (series_parallel): a smaller, tighter MILP.
+    # (solve.plan tries the pools without their limits first, so this is the usual case.)
+    capped = snapshot.capacities()
+    merge = all(so.configs for _, options in graphs for so in options.values()) and not any(
+        key in capped for _, options in graphs for so in options.values()
+        for c in so.configs for key, _ in c.usage)
+    return _solve(graphs, snapshot, time_limit, starts, engines, started, merge)
+
+
+def _solve(
+    graphs: Sequence[tuple[GraphModel, Mapping[str, StepOptions]]],
+    snapshot: ClusterSnapshot,
+    time_limit: float,
+    starts: Sequence[Mapping[str, Config] | None] | None,
+    engines: Sequence[str],
+    started: float,
+    merge: bool,
+) -> JointResult:
+    """One MILP over the graphs; ``merge``: each graph's steps merged where its structure
+    allows (``series_parallel``; only where no capacity row is needed)."""
     b = lp.Builder()
     scale = max((c.objective for _, options in graphs for so in options.values()
                  for c in so.configs), default=1.0) or 1.0
     problems: list[_Problem] = []
     pool_use: dict[str, dict[int, float]] = {}
-    for graph, options in graphs:
+    merging = 0.0  # seconds, when any graph was merged
+    bounded = 0  # configurations left by the bounds, before merging
+    given = starts
+    for index, (graph, options) in enumerate(graphs):
         sla = graph.sla.latency_seconds
         usable = _reduce(graph, options, snapshot)
+        bounded += sum(len(v) for v in usable.values())
+        model = graph
+        if merge and all(usable.values()):  # (a step with none: infeasible, said as it is)
+            t = time.perf_counter()
+            reduced = series_parallel.reduce(graph, usable)
+            merging += time.perf_counter() - t
+            wanted = None if given is None else given[index]
+            if given is not None and wanted is not None:  # the running plan, as choices
+                known = _known(usable, wanted)
+                lifted = None if known is None else series_parallel.lift(reduced, known)
+                given = [*given[:index], lifted, *given[index + 1:]]
+            model, usable = reduced.graph, reduced.options
         mine: dict[str, list[tuple[int, Config]]] = {}
         duration: dict[str, dict[int, float]] = {}
-        for name in options:
+        for name in usable:
             cols = [(b.var(c.objective / scale, binary=True), c) for c in usable[name]]
             mine[name] = cols
             duration[name] = {col: c.latency / sla for col, c in cols}
@@ -141,16 +177,21 @@ def solve_joint(
                 for pool_name, units in c.usage:
                     pool_use.setdefault(pool_name, {})[col] = units
             b.row({col: 1.0 for col, _ in cols}, 1.0, 1.0)
-        lp.timing(b, graph, duration)
-        problems.append(_Problem(graph, usable, mine))
+        lp.timing(b, model, duration)
+        problems.append(_Problem(model, usable, mine))
     limits = {key: limit for key, limit in snapshot.capacities().items() if key in pool_use}
     for key, limit in limits.items():
         b.row(pool_use[key], -INF, limit)
     configurations = sum(len(so.configs) for _, options in graphs for so in options.values())
     run = _Run(b, problems, limits, scale, started, configurations)
-    picked, status, gap = run.solve(time_limit, starts, engines)
+    if merging:
+        run.seconds["merge"] = merging
+        run.steps = sum(len(graph.steps) for graph, _ in graphs)
+        run.merged = bounded
+    picked, status, gap = run.solve(time_limit, given, engines)
     selections = None if picked is None else [
-        {(name, phase): o for name, c in one.items() for phase, o in c.parts} for one in picked]
+        {(name, phase): o for name, c in series_parallel.expand(one).items()
+         for phase, o in c.parts} for one in picked]
     return JointResult(selections, status, time.perf_counter() - started, len(b.cost),
                        len(b.rows), gap, run.stats())
 
@@ -201,6 +242,10 @@ class _Run:
         self.start_from = "none"
         self.kept = sum(len(cols) for p in problems for cols in p.columns.values())
         self.fixed_steps = 0
+        # Set when the model is the merged one: the steps, and their configurations left by
+        # the bounds before merging.
+        self.steps = 0
+        self.merged: int | None = None
         self.nodes = 0
         self.seconds: dict[str, float] = {"build": time.perf_counter() - started}
         self.lp = lp.highs_lp(b)
@@ -256,7 +301,7 @@ class _Run:
         None when none of them fits the pools' capacity."""
         found: list[tuple[float, str, list[dict[str, Config]]]] = []
         if starts is not None:
-            given = [None if wanted is None else _known(problem, wanted)
+            given = [None if wanted is None else _known(problem.usable, wanted)
                      for problem, wanted in zip(self.problems, starts, strict=True)]
             if all(pick is not None and _meets_sla(problem.graph, pick)
                    for problem, pick in zip(self.problems, given, strict=True)):
@@ -457,20 +502,26 @@ class _Run:
                              gap=MIP_REL_GAP, deadline=deadline, stop=stop)
 
     def stats(self) -> SolveStats:
-        after = sum(len(cols) for p in self.problems for cols in p.columns.values())
-        return SolveStats(configurations=self.configurations, after_bounds=after,
+        columns = sum(len(cols) for p in self.problems for cols in p.columns.values())
+        merged = self.merged is not None
+        return SolveStats(configurations=self.configurations,
+                          after_bounds=self.merged if merged else columns,
+                          steps=self.steps if merged else None,
+                          choices=sum(len(p.columns) for p in self.problems) if merged else None,
+                          after_merging=columns if merged else None,
                           after_fixing=self.kept, steps_fixed=self.fixed_steps,
                           rows=len(self.b.rows), lp_bound=self.lp_bound,
                           start=self.start_value, start_from=self.start_from, nodes=self.nodes,
                           seconds=dict(self.seconds))
 
 
-def _known(problem: _Problem, wanted: Mapping[str, Config]) -> dict[str, Config] | None:
-    """``wanted`` as this problem's own usable configurations, or None where one is not."""
+def _known(usable: Mapping[str, Sequence[Config]], wanted: Mapping[str, Config]
+           ) -> dict[str, Config] | None:
+    """``wanted`` as each step's own usable configurations, or None where one is not."""
     out = {}
-    for name, cols in problem.columns.items():
+    for name, mine in usable.items():
         c = wanted.get(name)
-        found = next((mine for _, mine in cols if c is not None and mine == c), None)
+        found = next((u for u in mine if c is not None and u == c), None)
         if found is None:
             return None
         out[name] = found
