@@ -407,20 +407,18 @@ def _prune(options: list[Option], capped: frozenset[str], phase: Phase = "run",
     """Per pool, drop options another option beats or ties on every axis that matters: cost
     (as the solve prices it), latency, time between tokens, and units where the pool's size is
     limited."""
-    def key(o: Option) -> tuple[float, ...]:
-        limited = tuple(amount if k in capped else 0.0 for k, amount in o.held)
-        return (o.objective * weight(phase, o), o.estimate.latency, o.estimate.tbt or 0.0,
-                *limited)
-
     kept: list[Option] = []
     for _, group in sorted(_by_pool(options).items()):
-        ordered = sorted(group, key=lambda o: (*key(o), o.estimate.tensor_parallel,
-                                               o.estimate.batch))
-        front: list[tuple[tuple[float, ...], Option]] = []
-        for o in ordered:
-            k = key(o)
-            if any(all(a <= b for a, b in zip(pk, k, strict=True)) for pk, _ in front):
+        keys = [(o.objective * weight(phase, o), o.estimate.latency, o.estimate.tbt or 0.0,
+                 *(amount if k in capped else 0.0 for k, amount in o.held)) for o in group]
+        order = sorted(range(len(group)), key=lambda i: (
+            *keys[i], group[i].estimate.tensor_parallel, group[i].estimate.batch))
+        table = np.array([keys[i] for i in order])
+        front: list[int] = []  # rows of ``table`` kept, cheapest first
+        for row in range(len(order)):
+            # sorted by cost first, so only a kept row can beat or tie this one
+            if front and bool((table[front] <= table[row]).all(axis=1).any()):
                 continue
-            front.append((k, o))
-        kept.extend(o for _, o in front)
+            front.append(row)
+        kept.extend(group[order[row]] for row in front)
     return kept

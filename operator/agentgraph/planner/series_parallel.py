@@ -21,9 +21,9 @@ makes parallel merges possible above it.)
 Every front is pruned by the room the SLA leaves the merged part with every other block at its
 fastest (``bounds`` reduction 1), and a merge whose front would pass ``MAX_FRONT`` options (or
 whose series product would pass ``MAX_PAIRS``) is not made: the MILP then keeps those steps
-apart, which is exact too, only slower. A merged choice is a ``Merged`` configuration that
-names the configuration of each step (or merged part) it stands for; ``expand`` turns a pick
-over the reduced model back into one configuration per step.
+apart, which is exact too, only slower. Fronts are arrays that remember which point of each
+part made each of their points; only the final choices' options become ``Merged``
+configurations, and ``expand`` walks those arrays back to one configuration per step.
 """
 
 from __future__ import annotations
@@ -39,19 +39,66 @@ from agentgraph.planner.candidates import Config
 from agentgraph.planner.graph import Block, GraphModel, LoopBlock
 
 MAX_FRONT = 600  # options in one merged choice
-MAX_PAIRS = 250_000  # combinations looked at in one series merge
+MAX_PAIRS = 100000  # combinations looked at in one series merge
 SLACK_TOL = 1e-9  # as milp.SLACK_TOL: a duration meets its room up to rounding
+
+
+class Front:
+    """A Pareto front (duration, cost), fastest first. A step's own (``configs``), or made
+    from ``parts``: point k combines point ``picks[i][k]`` of each part, their durations
+    summed with ``weights`` (series) or the longest taken (parallel)."""
+
+    __slots__ = ("configs", "cost", "how", "latency", "parts", "picks", "step", "weights")
+
+    def __init__(self, latency: np.ndarray, cost: np.ndarray, *, step: str = "",
+                 configs: Sequence[Config] = (), parts: tuple[Front, ...] = (),
+                 picks: tuple[np.ndarray, ...] = (), how: str = "series",
+                 weights: tuple[float, ...] = ()) -> None:
+        self.latency, self.cost = latency, cost
+        self.step, self.configs = step, configs
+        self.parts, self.picks, self.how, self.weights = parts, picks, how, weights
+
+    def __len__(self) -> int:
+        return len(self.latency)
+
+    @staticmethod
+    def of(step: str, configs: Sequence[Config]) -> Front:
+        """A step's configurations as a front (``bounds`` keeps dominated ones)."""
+        lat = np.array([c.latency for c in configs])
+        cost = np.array([c.objective for c in configs])
+        keep = _front_indices(lat, cost, np.inf)
+        return Front(lat[keep], cost[keep], step=step, configs=[configs[k] for k in keep])
+
+    def expand(self, k: int, out: dict[str, Config]) -> None:
+        """Point k as one configuration per step, into ``out``."""
+        if not self.parts:
+            out[self.step] = self.configs[k]
+        for part, pick in zip(self.parts, self.picks, strict=True):
+            part.expand(int(pick[k]), out)
+
+    def measure(self, pick: Mapping[str, Config]) -> tuple[float, float] | None:
+        """Duration and cost of the steps' configurations in ``pick`` combined as this front
+        combines its parts; None when a step has none there."""
+        if not self.parts:
+            c = pick.get(self.step)
+            return None if c is None else (c.latency, c.objective)
+        got = [part.measure(pick) for part in self.parts]
+        if any(g is None for g in got):
+            return None
+        parts = [g for g in got if g is not None]
+        cost = sum(g[1] for g in parts)
+        if self.how == "parallel":
+            return max(g[0] for g in parts), cost
+        return sum(w * g[0] for w, g in zip(self.weights, parts, strict=True)), cost
 
 
 @dataclass(frozen=True)
 class Merged(Config):
-    """Several steps' configurations taken together: ``members`` names each part (a step, or
-    another merged choice) and its configuration. ``parts`` and ``usage`` are empty: this
-    choice is expanded before anything reads them."""
+    """Option ``index`` of a merged choice's front (``parts`` and ``usage`` stay empty: it is
+    expanded before anything reads them)."""
 
-    members: tuple[tuple[str, Config], ...] = ()
-    how: str = "series"  # or "parallel": how the members' durations combine
-    weights: tuple[float, ...] | None = None  # series: each member's multiplier (None: ones)
+    front: Front | None = field(default=None, compare=False, repr=False)
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,25 +109,19 @@ class Reduced:
     graph: GraphModel
     options: dict[str, list[Config]]
     steps_before: int
-    columns_before: int
 
     @property
     def choices(self) -> int:
         return len(self.options)
 
-    @property
-    def columns(self) -> int:
-        return sum(len(v) for v in self.options.values())
-
 
 def expand(pick: Mapping[str, Config]) -> dict[str, Config]:
     """A configuration per choice of the reduced model -> a configuration per step."""
     out: dict[str, Config] = {}
-    pending = list(pick.items())
-    while pending:
-        name, c = pending.pop()
+    for name, c in pick.items():
         if isinstance(c, Merged):
-            pending.extend(c.members)
+            assert c.front is not None
+            c.front.expand(c.index, out)
         else:
             out[name] = c
     return out
@@ -92,46 +133,20 @@ def lift(reduced: Reduced, pick: Mapping[str, Config]) -> dict[str, Config] | No
     a step's configuration is not among its options (or nothing on a front is that good)."""
     out: dict[str, Config] = {}
     for name, options in reduced.options.items():
-        if name in pick:
-            found = next((c for c in options if c == pick[name]), None)
-        else:
-            parts = _combined(name, options, pick)
-            found = None if parts is None else min(
-                (c for c in options if c.latency <= parts[0] * (1 + 1e-12) + 1e-15
-                 and c.objective <= parts[1] * (1 + 1e-12) + 1e-15),
+        first = options[0]
+        if isinstance(first, Merged):
+            assert first.front is not None
+            mine = first.front.measure(pick)
+            found = None if mine is None else min(
+                (c for c in options if c.latency <= mine[0] * (1 + 1e-12) + 1e-15
+                 and c.objective <= mine[1] * (1 + 1e-12) + 1e-15),
                 key=lambda c: (c.objective, c.latency), default=None)
+        else:
+            found = next((c for c in options if c == pick.get(name)), None)
         if found is None:
             return None
         out[name] = found
     return out
-
-
-def _combined(name: str, options: Sequence[Config], pick: Mapping[str, Config]
-              ) -> tuple[float, float] | None:
-    """The duration and cost of the steps' own configurations under a merged choice."""
-    shape = next((c for c in options if isinstance(c, Merged)), None)
-    if shape is None:
-        return None
-    return _measure(shape, pick)
-
-
-def _measure(c: Merged, pick: Mapping[str, Config]) -> tuple[float, float] | None:
-    # The merge that made this choice is recorded on it: how its members combine.
-    parts = []
-    for member, sample in c.members:
-        if isinstance(sample, Merged):
-            got = _measure(sample, pick)
-        else:
-            mine = pick.get(member)
-            got = None if mine is None else (mine.latency, mine.objective)
-        if got is None:
-            return None
-        parts.append(got)
-    if c.how == "parallel":
-        return max(p[0] for p in parts), sum(p[1] for p in parts)
-    weights = c.weights or (1.0,) * len(parts)
-    return (sum(w * p[0] for w, p in zip(weights, parts, strict=True)),
-            sum(p[1] for p in parts))
 
 
 @dataclass
@@ -139,25 +154,27 @@ class _Node:
     id: str
     preds: set[str]
     succs: set[str]
-    front: list[Config] | None  # None: a loop kept whole, its steps apart
+    front: Front | None  # None: a loop kept whole, its steps apart
     head: float  # the longest path before it, every block at its fastest
     tail: float  # and after it
-    block: Block | None = None  # the original block, for a node not merged
-    members: list[str] = field(default_factory=list)  # the original blocks it stands for
+    block: Block | None = None  # the original block, while not merged
+    merged: bool = False
+
+    def room(self, sla: float) -> float:
+        return _room(sla, self.head, self.tail)
+
+
+def _room(sla: float, head: float, tail: float) -> float:
+    return (sla - head - tail) * (1 + SLACK_TOL) + 1e-12
 
 
 def reduce(graph: GraphModel, usable: Mapping[str, Sequence[Config]]) -> Reduced:
     """The graph with every series, parallel and loop merge made that keeps fronts small.
     ``usable``: each step's configurations (after ``bounds``), every step at least one."""
-    before = sum(len(v) for v in usable.values())
     sla = graph.sla.latency_seconds
-    fastest = {name: min(c.latency for c in cs) for name, cs in usable.items()}
-    nodes = _nodes(graph, usable, fastest)
+    nodes = _nodes(graph, usable)
     counter = [0]
-
-    def room(node: _Node) -> float:
-        return (sla - node.head - node.tail) * (1 + SLACK_TOL) + 1e-12
-
+    too_large: set[tuple[str, str]] = set()  # merges tried and refused: their fronts stay so
     changed = True
     while changed:
         changed = False
@@ -171,12 +188,13 @@ def reduce(graph: GraphModel, usable: Mapping[str, Sequence[Config]]) -> Reduced
             while len(ids) > 1:
                 a, b = nodes[ids[0]], nodes[ids[1]]
                 assert a.front is not None and b.front is not None
-                front = _parallel(a, b, room(a))
+                front = None if (a.id, b.id) in too_large else _combine(
+                    a.front, b.front, "parallel", (1.0, 1.0), a.room(sla))
                 if front is None:
+                    too_large.add((a.id, b.id))
                     ids.pop(1)
                     continue
-                merged = _merge(nodes, counter, a, b, front, a.preds, a.succs, a.head, a.tail)
-                ids[:2] = [merged.id]
+                ids[:2] = [_merge(nodes, counter, a, b, front, a.preds, a.succs, a.tail).id]
                 changed = True
         for nid in sorted(nodes):
             if nid not in nodes:  # merged into another on this pass
@@ -185,27 +203,23 @@ def reduce(graph: GraphModel, usable: Mapping[str, Sequence[Config]]) -> Reduced
             if node.front is None or len(node.succs) != 1:
                 continue
             nxt = nodes[next(iter(node.succs))]
-            if nxt.front is None or nxt.preds != {node.id}:
+            if nxt.front is None or nxt.preds != {node.id} or (node.id, nxt.id) in too_large:
                 continue
-            front = _series(node, nxt, (sla - node.head - nxt.tail) * (1 + SLACK_TOL) + 1e-12)
+            front = _combine(node.front, nxt.front, "series", (1.0, 1.0),
+                             _room(sla, node.head, nxt.tail))
             if front is None:
+                too_large.add((node.id, nxt.id))
                 continue
-            _merge(nodes, counter, node, nxt, front, node.preds, nxt.succs, node.head, nxt.tail)
+            _merge(nodes, counter, node, nxt, front, node.preds, nxt.succs, nxt.tail)
             changed = True
-    return _reduced(graph, usable, nodes, before)
+    return _reduced(graph, usable, nodes)
 
 
-def _nodes(graph: GraphModel, usable: Mapping[str, Sequence[Config]],
-           fastest: Mapping[str, float]) -> dict[str, _Node]:
+def _nodes(graph: GraphModel, usable: Mapping[str, Sequence[Config]]) -> dict[str, _Node]:
     sla = graph.sla.latency_seconds
+    fastest = {name: min(c.latency for c in cs) for name, cs in usable.items()}
     length = {b.id: bounds.block_length(b, fastest) for b in graph.blocks}
-    # An edge implied by a longer path is no limit (durations are never negative): without
-    # them, more steps have a single predecessor or successor and merge.
-    dag = nx.DiGraph()
-    dag.add_nodes_from(b.id for b in graph.blocks)
-    dag.add_edges_from((p, b.id) for b in graph.blocks for p in b.preds)
-    direct = nx.transitive_reduction(dag)
-    preds = {b.id: set(direct.predecessors(b.id)) for b in graph.blocks}
+    preds = _direct_preds(graph)
     head: dict[str, float] = {}
     succs: dict[str, set[str]] = {b.id: set() for b in graph.blocks}
     for b in graph.blocks:
@@ -217,116 +231,111 @@ def _nodes(graph: GraphModel, usable: Mapping[str, Sequence[Config]],
         tail[b.id] = max((length[s] + tail[s] for s in succs[b.id]), default=0.0)
     nodes = {}
     for b in graph.blocks:
-        front: list[Config] | None
         if b.loop is None:
             assert b.step is not None
-            front = _own(usable[b.step])
+            front: Front | None = Front.of(b.step, usable[b.step])
         else:
-            front = _loop_front(b.loop, usable, (sla - head[b.id] - tail[b.id])
-                                * (1 + SLACK_TOL) + 1e-12)
+            front = _loop_front(b.loop, usable, _room(sla, head[b.id], tail[b.id]))
         nodes[b.id] = _Node(b.id, preds[b.id], succs[b.id], front, head[b.id], tail[b.id],
-                            block=b, members=[b.id])
+                            block=b, merged=b.loop is not None and front is not None)
     return nodes
 
 
-Named = tuple[str, list[Config]]  # a front and what its raw options belong to
+def _direct_preds(graph: GraphModel) -> dict[str, set[str]]:
+    """Each block's predecessors less those a longer path implies (durations are never
+    negative, so such an edge is no limit; without it, more steps have a single predecessor
+    or successor and merge). Reachability as bit sets, blocks in topological order."""
+    index = {b.id: i for i, b in enumerate(graph.blocks)}
+    succs: dict[str, list[str]] = {b.id: [] for b in graph.blocks}
+    for b in graph.blocks:
+        for p in b.preds:
+            succs[p].append(b.id)
+    reach: dict[str, int] = {}  # the blocks a block leads to, itself included
+    for b in reversed(graph.blocks):
+        mask = 1 << index[b.id]
+        for s in succs[b.id]:
+            mask |= reach[s]
+        reach[b.id] = mask
+    out: dict[str, set[str]] = {b.id: set() for b in graph.blocks}
+    for b in graph.blocks:
+        for p in b.preds:
+            # p -> b is implied when b lies past another successor of p
+            if not any(s != b.id and reach[s] >> index[b.id] & 1 for s in succs[p]):
+                out[b.id].add(p)
+    return out
 
 
 def _loop_front(loop: LoopBlock, usable: Mapping[str, Sequence[Config]], room: float
-                ) -> list[Config] | None:
+                ) -> Front | None:
     """The loop as one choice of ``E * H + (E - 1) * R``, when its heads merge in parallel and
     its rest is one chain or parallel steps; None otherwise (the loop stays as it is)."""
-    heads = _fold([(h, _own(usable[h])) for h in loop.heads], "parallel")
+    heads = _fold([Front.of(h, usable[h]) for h in loop.heads], "parallel")
     if heads is None:
         return None
     e = loop.expected
     if not loop.rest:
-        name, front = heads
-        return [Merged((), e * c.latency, c.objective, (), members=((name, c),),
-                       weights=(e,)) for c in front if e * c.latency <= room]
+        keep = np.nonzero(e * heads.latency <= room)[0]
+        return Front(e * heads.latency[keep], heads.cost[keep], parts=(heads,), picks=(keep,),
+                     weights=(e,))
     rest = _rest_front(loop, usable)
     if rest is None:
         return None
-    return _combine([heads, rest], (e, e - 1), room, "series")
+    return _combine(heads, rest, "series", (e, e - 1), room)
 
 
-def _rest_front(loop: LoopBlock, usable: Mapping[str, Sequence[Config]]) -> Named | None:
+def _rest_front(loop: LoopBlock, usable: Mapping[str, Sequence[Config]]) -> Front | None:
     """The rest of a loop's body as one choice (its longest path), when it is a single chain
     or a set of parallel single steps; None for anything else."""
     rest = list(loop.rest)
     preds = {s: loop.rest_preds(s) for s in rest}
     if all(not p for p in preds.values()):
-        return _fold([(s, _own(usable[s])) for s in rest], "parallel")
+        return _fold([Front.of(s, usable[s]) for s in rest], "parallel")
     order = list(nx.topological_sort(nx.DiGraph([(p, s) for s in rest for p in preds[s]])))
     is_chain = (len(order) == len(rest)
                 and all(list(preds[s]) == ([order[i - 1]] if i else [])
                         for i, s in enumerate(order)))
     if not is_chain:
         return None
-    return _fold([(s, _own(usable[s])) for s in order], "series")
+    return _fold([Front.of(s, usable[s]) for s in order], "series")
 
 
-def _fold(fronts: list[Named], how: str) -> Named | None:
+def _fold(fronts: list[Front], how: str) -> Front | None:
     """Fronts merged one after another, all in series or all in parallel."""
-    out: Named | None = fronts[0]
+    out: Front | None = fronts[0]
     for other in fronts[1:]:
         assert out is not None
-        merged = _combine([out, other], (1.0, 1.0), np.inf, how)
-        if merged is None:
+        out = _combine(out, other, how, (1.0, 1.0), np.inf)
+        if out is None:
             return None
-        out = (f"{out[0]}+{other[0]}", merged)
     return out
 
 
-def _own(configs: Sequence[Config]) -> list[Config]:
-    """A step's options as a front, fastest first (``bounds`` keeps dominated ones)."""
-    return _pareto(sorted(configs, key=lambda c: (c.latency, c.objective)))
-
-
-def _parallel(a: _Node, b: _Node, room: float) -> list[Config] | None:
-    assert a.front is not None and b.front is not None
-    return _combine([(a.id, a.front), (b.id, b.front)], (1.0, 1.0), room, "parallel")
-
-
-def _series(a: _Node, b: _Node, room: float) -> list[Config] | None:
-    assert a.front is not None and b.front is not None
-    return _combine([(a.id, a.front), (b.id, b.front)], (1.0, 1.0), room, "series")
-
-
-def _combine(parts: list[Named], weights: tuple[float, float], room: float,
-             how: str) -> list[Config] | None:
+def _combine(a: Front, b: Front, how: str, weights: tuple[float, float], room: float
+             ) -> Front | None:
     """The Pareto front of two fronts combined in series (weighted sum of durations) or in
     parallel (the longer duration), within ``room``; None when it would be too large."""
-    (na, fa), (nb, fb) = parts
-    la = np.array([c.latency for c in fa]) * weights[0]
-    lb = np.array([c.latency for c in fb]) * weights[1]
-    ca = np.array([c.objective for c in fa])
-    cb = np.array([c.objective for c in fb])
+    la, lb = a.latency * weights[0], b.latency * weights[1]
     if how == "series":
-        if len(fa) * len(fb) > MAX_PAIRS:
+        if len(a) * len(b) > MAX_PAIRS:
             return None
         lat = (la[:, None] + lb[None, :]).ravel()
-        cost = (ca[:, None] + cb[None, :]).ravel()
-        ia = np.repeat(np.arange(len(fa)), len(fb))
-        ib = np.tile(np.arange(len(fb)), len(fa))
+        cost = (a.cost[:, None] + b.cost[None, :]).ravel()
+        ia = np.repeat(np.arange(len(a)), len(b))
+        ib = np.tile(np.arange(len(b)), len(a))
     else:
         # fronts are sorted by duration, so the cheapest option of one within the other's
         # duration is the last one at or under it
         ja = np.searchsorted(lb, la, side="right") - 1
         jb = np.searchsorted(la, lb, side="right") - 1
-        okb = ja >= 0
-        oka = jb >= 0
-        ia = np.concatenate([np.arange(len(fa))[okb], jb[oka]])
-        ib = np.concatenate([ja[okb], np.arange(len(fb))[oka]])
+        ia = np.concatenate([np.nonzero(ja >= 0)[0], jb[jb >= 0]])
+        ib = np.concatenate([ja[ja >= 0], np.nonzero(jb >= 0)[0]])
         lat = np.maximum(la[ia], lb[ib])
-        cost = ca[ia] + cb[ib]
+        cost = a.cost[ia] + b.cost[ib]
     keep = _front_indices(lat, cost, room)
     if len(keep) > MAX_FRONT:
         return None
-    return [Merged((), float(lat[k]), float(cost[k]), (),
-                   members=((na, fa[ia[k]]), (nb, fb[ib[k]])), how=how,
-                   weights=None if weights == (1.0, 1.0) else weights)
-            for k in keep]
+    return Front(lat[keep], cost[keep], parts=(a, b), picks=(ia[keep], ib[keep]), how=how,
+                 weights=weights)
 
 
 def _front_indices(lat: np.ndarray, cost: np.ndarray, room: float) -> np.ndarray:
@@ -341,18 +350,11 @@ def _front_indices(lat: np.ndarray, cost: np.ndarray, room: float) -> np.ndarray
     return order[c < best_before]
 
 
-def _pareto(front: list[Config]) -> list[Config]:
-    lat = np.array([c.latency for c in front])
-    cost = np.array([c.objective for c in front])
-    return [front[k] for k in _front_indices(lat, cost, np.inf)]
-
-
-def _merge(nodes: dict[str, _Node], counter: list[int], a: _Node, b: _Node,
-           front: list[Config], preds: set[str], succs: set[str], head: float, tail: float
-           ) -> _Node:
+def _merge(nodes: dict[str, _Node], counter: list[int], a: _Node, b: _Node, front: Front,
+           preds: set[str], succs: set[str], tail: float) -> _Node:
     counter[0] += 1
-    merged = _Node(f"merged:{counter[0]}", set(preds), set(succs), front, head, tail,
-                   members=[*a.members, *b.members])
+    merged = _Node(f"merged:{counter[0]}", set(preds), set(succs), front, a.head, tail,
+                   merged=True)
     del nodes[a.id], nodes[b.id]
     for p in preds:
         nodes[p].succs -= {a.id, b.id}
@@ -365,7 +367,7 @@ def _merge(nodes: dict[str, _Node], counter: list[int], a: _Node, b: _Node,
 
 
 def _reduced(graph: GraphModel, usable: Mapping[str, Sequence[Config]],
-             nodes: dict[str, _Node], before: int) -> Reduced:
+             nodes: dict[str, _Node]) -> Reduced:
     dag = nx.DiGraph()
     dag.add_nodes_from(nodes)
     dag.add_edges_from((p, n.id) for n in nodes.values() for p in n.preds)
@@ -374,17 +376,18 @@ def _reduced(graph: GraphModel, usable: Mapping[str, Sequence[Config]],
     for nid in nx.lexicographical_topological_sort(dag):
         node = nodes[nid]
         preds = tuple(sorted(node.preds))
-        if node.block is not None and node.block.loop is not None and node.front is None:
-            blocks.append(replace(node.block, preds=preds))
-            for s in node.block.loop.steps:
-                options[s] = list(usable[s])
-        elif node.block is not None and node.block.step is not None:
-            blocks.append(replace(node.block, preds=preds))
-            options[node.block.step] = list(usable[node.block.step])
-        else:
+        if node.merged:
             assert node.front is not None
             blocks.append(Block(id=nid, preds=preds, step=nid))
-            options[nid] = node.front
+            f = node.front
+            options[nid] = [Merged((), float(f.latency[k]), float(f.cost[k]), (), front=f,
+                                   index=k) for k in range(len(f))]
+            continue
+        assert node.block is not None
+        blocks.append(replace(node.block, preds=preds))
+        steps = node.block.loop.steps if node.block.loop is not None else (node.block.step,)
+        for s in steps:
+            assert s is not None
+            options[s] = list(usable[s])
     sinks = tuple(b.id for b in blocks if not nodes[b.id].succs)
-    return Reduced(replace(graph, blocks=tuple(blocks), sinks=sinks), options,
-                   len(graph.steps), before)
+    return Reduced(replace(graph, blocks=tuple(blocks), sinks=sinks), options, len(graph.steps))
