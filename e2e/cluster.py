@@ -187,15 +187,29 @@ def _pids() -> dict[str, Proc]:
 
 
 def _alive(proc: Proc) -> bool:
+    """The recorded process is still running: the PID and its start time both match. A record
+    without a start time (an older checkout's) names no process for certain: never ours."""
     pid, started = proc
-    now = _start_time(pid)
-    return now is not None and (started is None or now == started)
+    return started is not None and _start_time(pid) == started
 
 
 def _kill(proc: Proc, sig: int) -> None:
-    if _alive(proc):
+    """Signal the recorded process's group, only while it is that very process: a pidfd is
+    opened first and the start time checked after, so the PID cannot pass to another process
+    between the check and the signal (a process group's id stays taken while any member
+    lives)."""
+    try:
+        fd = os.pidfd_open(proc[0])
+    except OSError:
+        return  # gone
+    try:
+        if not _alive(proc):
+            return
         with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, sig)
             os.killpg(proc[0], sig)
+    finally:
+        os.close(fd)
 
 
 def _start(name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
