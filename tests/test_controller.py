@@ -312,3 +312,50 @@ def test_a_graph_created_again_under_its_name_is_planned_again(monkeypatch) -> N
     event("a", 2)
     event("b", 2)  # deleted and created again, at the number last seen
     assert calls == [("ns", "g", Level.FULL)] * 3
+
+
+def test_the_start_up_listing_reconciles_no_graph(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """kopf lists every Node and HardwareProfile at start-up (events of type None): each graph
+    is reconciled on first sight anyway, so none of them asks for another. Later events do:
+    a node changing its pool's labels replans the graphs on that pool, a profile's new spec
+    every graph, and its status write (the same generation) nothing."""
+    import asyncio
+
+    from agentgraph.controller import operator as op
+    from agentgraph.controller.state import STATE
+    from agentgraph.controller.work import Level
+    from builders import make_pool
+
+    calls: list[tuple[str, str, Level]] = []
+    monkeypatch.setattr(op, "_submit", lambda ns, name, level, _: calls.append((ns, name, level)))
+    monkeypatch.setattr(op, "_dispatch", lambda fn, *args: None)  # no status writes here
+    monkeypatch.setattr(STATE, "fingerprints", {})
+    monkeypatch.setattr(STATE, "profile_generations", {})
+    monkeypatch.setattr(STATE, "started", True)
+    profile = make_pool("gpu").model_dump(by_alias=True, mode="json")
+    profile["metadata"]["generation"] = 1
+    graphs = {("ns", "a"): [{"gpu"}], ("ns", "b"): [{"cpu"}]}
+
+    def node(event: str | None, labels: dict[str, str]) -> None:
+        body = {"metadata": {"name": "n1", "labels": labels}, "status": {}}
+        asyncio.run(op.on_node({"type": event}, body,  # type: ignore[arg-type]
+                               profiles={"gpu": [profile]}, graphs=graphs))
+
+    def profile_event(event: str | None, generation: int) -> None:
+        profile["metadata"]["generation"] = generation
+        asyncio.run(op.on_profile({"type": event}, profile,  # type: ignore[arg-type]
+                                  graphs=graphs))
+
+    node(None, {"pool": "gpu"})
+    profile_event(None, 1)
+    for i in range(10):  # the rest of a big listing
+        asyncio.run(op.on_node({"type": None},  # type: ignore[arg-type]
+                               {"metadata": {"name": f"x{i}", "labels": {}}, "status": {}},
+                               profiles={"gpu": [profile]}, graphs=graphs))
+    assert calls == []
+    node("MODIFIED", {"pool": "elsewhere"})  # left the gpu pool
+    assert calls == [("ns", "a", Level.FULL)]
+    profile_event("MODIFIED", 1)  # our own status write
+    assert calls == [("ns", "a", Level.FULL)]
+    profile_event("MODIFIED", 2)
+    assert sorted(calls[1:]) == [("ns", "a", Level.FULL), ("ns", "b", Level.FULL)]
