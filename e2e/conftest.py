@@ -110,14 +110,17 @@ class Operator:
     def log(self, index: int) -> str:
         return (self.folder / f"operator-{index}.log").read_text()
 
-    def start(self, port: int = 18081) -> subprocess.Popen[bytes]:
+    def start(self, port: int = 18081, kubeconfig: str | None = None
+              ) -> subprocess.Popen[bytes]:
+        """``kubeconfig``: another than the suite's (the shutdown test's, through a proxy)."""
         log = self.folder / f"operator-{len(self.procs)}.log"
         settings = self.folder / "config.yaml"
         settings.write_text(json.dumps({"resyncSeconds": RESYNC_S, **self.settings}))
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentgraph.controller", "--config", str(settings),
              "--liveness", f"http://127.0.0.1:{port}/healthz", "--metrics-port", str(port + 100)],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, **({"KUBECONFIG": kubeconfig} if kubeconfig else {})},
             start_new_session=True)
         self.procs.append(proc)
         return proc

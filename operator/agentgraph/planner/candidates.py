@@ -310,12 +310,18 @@ def _llm_front(opts: StepOptions, weight: Weight = _one) -> list[Config]:
     d_obj = np.array([o.objective * weight("decode", o) for o in decode])
     d_lat = np.array([o.estimate.latency for o in decode])
     d_tbt = np.array([o.estimate.tbt or 0.0 for o in decode])
-    p_pool = [o.pool for o in prefill]
-    d_pool = [o.pool for o in decode]
+    p_of: dict[str, list[int]] = {}
+    d_of: dict[str, list[int]] = {}
+    for i, o in enumerate(prefill):
+        p_of.setdefault(o.pool, []).append(i)
+    for i, o in enumerate(decode):
+        d_of.setdefault(o.pool, []).append(i)
+    p_at = {pool: np.array(ix, dtype=np.intp) for pool, ix in p_of.items()}
+    d_at = {pool: np.array(ix, dtype=np.intp) for pool, ix in d_of.items()}
+    none = np.zeros(0, dtype=np.intp)
     objs, lats, pis, dis = [], [], [], []
     for (src, dst), t in opts.transfers.items():
-        pi = np.array([i for i, p in enumerate(p_pool) if p == src], dtype=np.intp)
-        di = np.array([i for i, p in enumerate(d_pool) if p == dst], dtype=np.intp)
+        pi, di = p_at.get(src, none), d_at.get(dst, none)
         head = p_lat[pi][:, None] + t.estimate.latency
         ok = head + d_tbt[di][None, :] <= limit
         obj = p_obj[pi][:, None] + t.objective + d_obj[di][None, :]
@@ -408,17 +414,20 @@ def _prune(options: list[Option], capped: frozenset[str], phase: Phase = "run",
     (as the solve prices it), latency, time between tokens, and units where the pool's size is
     limited."""
     kept: list[Option] = []
-    for _, group in sorted(_by_pool(options).items()):
+    for pool, group in sorted(_by_pool(options).items()):
+        units, pods = pool in capped, pool + PODS in capped  # one pool: the same for all
         keys = [(o.objective * weight(phase, o), o.estimate.latency, o.estimate.tbt or 0.0,
-                 *(amount if k in capped else 0.0 for k, amount in o.held)) for o in group]
+                 o.units_total if units else 0.0, float(o.replicas) if pods else 0.0)
+                for o in group]
         order = sorted(range(len(group)), key=lambda i: (
             *keys[i], group[i].estimate.tensor_parallel, group[i].estimate.batch))
-        table = np.array([keys[i] for i in order])
-        front: list[int] = []  # rows of ``table`` kept, cheapest first
-        for row in range(len(order)):
-            # sorted by cost first, so only a kept row can beat or tie this one
-            if front and bool((table[front] <= table[row]).all(axis=1).any()):
+        front: list[tuple[float, ...]] = []
+        for i in order:
+            # sorted by cost first: only a kept option can beat or tie this one
+            k = keys[i]
+            if any(f[1] <= k[1] and f[2] <= k[2] and f[3] <= k[3] and f[4] <= k[4]
+                   for f in front):
                 continue
-            front.append(row)
-        kept.extend(group[order[row]] for row in front)
+            front.append(k)
+            kept.append(group[i])
     return kept
