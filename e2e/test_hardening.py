@@ -108,6 +108,38 @@ def test_steps_rendering_one_object_are_infeasible_naming_both(
     assert not kube.json("get", "deployments", "-n", namespace)["items"]
 
 
+def test_a_users_object_of_the_same_name_is_never_taken_over(
+        kube: Kube, operator: Operator, namespace: str) -> None:
+    """A user's Service already named like the graph's gateway: the graph is Infeasible with a
+    condition and a Warning event naming it, the Service is left exactly as it was (no owner
+    reference, its labels and selector), nothing of the graph is created; once the user
+    deletes it, the graph goes on to Ready by itself."""
+    mine = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "taken-gateway", "labels": {"owner": "someone-else"}},
+            "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]}}
+    kube("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(mine))
+    before = kube.json("get", "service", "taken-gateway", "-n", namespace)
+    kube("apply", "-n", namespace, "--server-side", "--field-manager=e2e", "-f", "-",
+         stdin=yaml.safe_dump(graph(metadata={"name": "taken"})))
+    wanted = f"Service/taken-gateway: exists in namespace {namespace} and is not this graph's"
+    wait_for("Infeasible naming the Service", lambda: wanted in conditions(
+        kube, namespace, "taken").get("Infeasible", {}).get("message", ""), WAIT_S)
+    events = kube.json("get", "events", "-n", namespace,
+                       "--field-selector", "involvedObject.name=taken")["items"]
+    assert any(e["type"] == "Warning" and wanted in e["message"] for e in events), events
+    after = kube.json("get", "service", "taken-gateway", "-n", namespace)
+    assert not after["metadata"].get("ownerReferences")
+    assert after["metadata"]["labels"] == before["metadata"]["labels"]
+    assert after["spec"]["selector"] == {"app": "theirs"}
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert not kube.json("get", "deployments", "-n", namespace)["items"]
+    kube("delete", "service", "taken-gateway", "-n", namespace)
+    wait_for("Ready once the name is free", lambda: conditions(kube, namespace, "taken").get(
+        "Ready", {}).get("status") == "True", WAIT_S)
+    service = kube.json("get", "service", "taken-gateway", "-n", namespace)
+    assert any(ref["kind"] == "AgentGraph" for ref in service["metadata"]["ownerReferences"])
+
+
 def _deny_deployments(namespace: str) -> str:
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
