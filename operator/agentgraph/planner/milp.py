@@ -149,7 +149,7 @@ def _solve(
                  for c in so.configs), default=1.0) or 1.0
     problems: list[_Problem] = []
     pool_use: dict[str, dict[int, float]] = {}
-    merging = 0.0  # seconds, when any graph was merged
+    merging: float | None = None  # seconds spent merging; None: no graph was merged
     bounded = 0  # configurations left by the bounds, before merging
     given = starts
     for index, (graph, options) in enumerate(graphs):
@@ -160,7 +160,7 @@ def _solve(
         if merge and all(usable.values()):  # (a step with none: infeasible, said as it is)
             t = time.perf_counter()
             reduced = series_parallel.reduce(graph, usable)
-            merging += time.perf_counter() - t
+            merging = (merging or 0.0) + time.perf_counter() - t
             wanted = None if given is None else given[index]
             if given is not None and wanted is not None:  # the running plan, as choices
                 known = _known(usable, wanted)
@@ -184,10 +184,10 @@ def _solve(
         b.row(pool_use[key], -INF, limit)
     configurations = sum(len(so.configs) for _, options in graphs for so in options.values())
     run = _Run(b, problems, limits, scale, started, configurations)
-    if merging:
+    if merging is not None:
         run.seconds["merge"] = merging
         run.steps = sum(len(graph.steps) for graph, _ in graphs)
-        run.merged = bounded
+        run.before_merging = bounded
     picked, status, gap = run.solve(time_limit, given, engines)
     selections = None if picked is None else [
         {(name, phase): o for name, c in series_parallel.expand(one).items()
@@ -245,7 +245,7 @@ class _Run:
         # Set when the model is the merged one: the steps, and their configurations left by
         # the bounds before merging.
         self.steps = 0
-        self.merged: int | None = None
+        self.before_merging: int | None = None
         self.nodes = 0
         self.seconds: dict[str, float] = {"build": time.perf_counter() - started}
         self.lp = lp.highs_lp(b)
@@ -503,9 +503,9 @@ class _Run:
 
     def stats(self) -> SolveStats:
         columns = sum(len(cols) for p in self.problems for cols in p.columns.values())
-        merged = self.merged is not None
+        merged = self.before_merging is not None
         return SolveStats(configurations=self.configurations,
-                          after_bounds=self.merged if merged else columns,
+                          after_bounds=self.before_merging if merged else columns,
                           steps=self.steps if merged else None,
                           choices=sum(len(p.columns) for p in self.problems) if merged else None,
                           after_merging=columns if merged else None,

@@ -39,7 +39,7 @@ from agentgraph.planner.candidates import Config
 from agentgraph.planner.graph import Block, GraphModel, LoopBlock
 
 MAX_FRONT = 600  # options in one merged choice
-MAX_PAIRS = 100000  # combinations looked at in one series merge
+MAX_PAIRS = 100_000  # combinations looked at in one series merge
 SLACK_TOL = 1e-9  # as milp.SLACK_TOL: a duration meets its room up to rounding
 
 
