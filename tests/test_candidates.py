@@ -55,3 +55,69 @@ def test_equal_workloads_share_candidates_but_keep_their_own_step() -> None:
     opts = candidates.build(model_, snapshot, SETTINGS)
     assert opts["a"].configs is opts["b"].configs
     assert (opts["a"].step.name, opts["b"].step.name) == ("a", "b")
+
+
+def _dominated_pairwise(configs: list, capped: frozenset[str]) -> list:  # type: ignore[type-arg]
+    """The definition, one pair at a time: in order of (cost, latency), a configuration is
+    dropped when a kept one is at or under it on latency and on every capped pool's units."""
+    kept: list = []  # type: ignore[type-arg]
+    for c in sorted(configs, key=lambda c: (c[0], c[1])):
+        mine = {p: u for p, u in c[3] if p in capped}
+        if any(k[1] <= c[1] and all(mine.get(p, 0.0) >= u for p, u in k[3] if p in capped)
+               for k in kept):
+            continue
+        kept.append(c)
+    return kept
+
+
+def test_pruning_with_capped_pools_equals_the_pairwise_definition() -> None:
+    """Random configurations over six pools (four capped), each holding units and pods in
+    one or two pools, with many ties: the grouped, matrix check keeps exactly what the
+    pairwise definition keeps, in the same order."""
+    import random
+
+    pools = ["a", "b", "c", "d", "e", "f"]
+    capped = frozenset(["a", "a/pods", "b", "b/pods", "c", "c/pods", "d"])
+    for seed in range(40):
+        rng = random.Random(seed)
+        configs = []
+        for _ in range(rng.randint(1, 300)):
+            held: dict[str, float] = {}
+            for pool in rng.sample(pools, rng.randint(1, 2)):
+                replicas = rng.randint(1, 3)
+                held[pool] = held.get(pool, 0.0) + replicas * rng.choice([1, 2, 4])
+                held[pool + "/pods"] = held.get(pool + "/pods", 0.0) + replicas
+            configs.append((float(rng.randint(1, 20)), float(rng.randint(1, 20)), (),
+                            tuple(sorted(held.items()))))
+        got = candidates._prune_configs(configs, capped)  # type: ignore[arg-type]
+        assert [id(c) for c in got] == [id(c) for c in _dominated_pairwise(configs, capped)]
+
+
+def test_a_graph_nothing_meets_even_unlimited_never_builds_the_limited_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the e2e fuzzing: a one-layer LLM that fits everywhere, on limited pools, under
+    an SLA two tools alone miss. Without the pools' limits nothing meets it, so nothing can
+    with them: the plan says why at once, and the limited candidates (units in every Pareto
+    check: 57,060 LLM combinations, minutes of pruning before) are never built."""
+    from agentgraph.planner import solve
+    from builders import tool
+
+    tiny = {"parametersBillions": 8, "layers": 1, "hiddenSize": 4096, "heads": 32,
+            "kvHeads": 8}
+    graph = make_graph([tool("s0", latency=0.05), tool("s1", latency=0.05, deps=["s0"]),
+                        llm("s2", model=tiny, input_tokens=1, output_tokens=64)], sla=0.05)
+    profiles = shipped_profiles()
+    built: list[bool] = []
+    real = candidates.build
+
+    def build(model, snapshot, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(bool(snapshot.capacities()))
+        return real(model, snapshot, *args, **kwargs)
+
+    monkeypatch.setattr(candidates, "build", build)
+    plan = solve.plan(graph, profiles, capacity_units={p.name: 64 for p in profiles},
+                      capacity_pods={p.name: 220 for p in profiles},
+                      capacity_block={p.name: 8 for p in profiles})
+    assert not plan.feasible
+    assert any("sla.latencySeconds: 0.05 s cannot be met" in r for r in plan.reasons)
+    assert built == [False]  # only the model without the limits

@@ -355,24 +355,50 @@ def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
     # A stable sort: ties keep the deterministic enumeration order.
     ordered = sorted(configs, key=lambda c: (c[0], c[1]))
     if not any(pool in capped for c in configs for pool, _ in c[3]):
-        kept, best_latency = [], math.inf
+        front, best_latency = [], math.inf
         for c in ordered:
             if c[1] < best_latency:
-                kept.append(c)
+                front.append(c)
                 best_latency = c[1]
-        return kept
+        return front
 
-    def held(c: _Raw) -> dict[str, float]:
-        return {p: u for p, u in c[3] if p in capped}
-
-    kept_full: list[_Raw] = []
+    # One configuration can beat another only if it holds units in no capped pool the other
+    # does not (its units there would exceed the other's zero). So each is checked against
+    # the kept ones whose capped pools are a subset of its own, as a matrix: an LLM step that
+    # fits everywhere has tens of thousands of combinations (seen: 57,060, and minutes of
+    # pairwise checks before).
+    kept: list[_Raw] = []
+    tables: dict[frozenset[str], tuple[list[str], np.ndarray, list[int]]] = {}
+    below: dict[frozenset[str], list[frozenset[str]]] = {}  # the sets within each set
     for c in ordered:
-        mine = held(c)
-        if any(k[1] <= c[1] and all(mine.get(p, 0.0) >= u for p, u in held(k).items())
-               for k in kept_full):
+        mine = {p: u for p, u in c[3] if p in capped and u > 0}
+        support = frozenset(mine)
+        if support not in below:
+            below[support] = [t for t in below if t <= support]
+            for t in below:
+                if support < t:
+                    below[t].append(support)
+            below[support].append(support)
+            tables[support] = (sorted(support), np.empty((16, len(support) + 1)), [0])
+        if any(_beaten(c[1], mine, *tables[t]) for t in below[support]):
             continue
-        kept_full.append(c)
-    return kept_full
+        kept.append(c)
+        keys, table, count = tables[support]
+        if count[0] == len(table):
+            table = np.concatenate([table, np.empty_like(table)])
+            tables[support] = (keys, table, count)
+        table[count[0]] = [c[1], *(mine[k] for k in keys)]
+        count[0] += 1
+    return kept
+
+
+def _beaten(latency: float, mine: Mapping[str, float], keys: list[str], table: np.ndarray,
+            count: list[int]) -> bool:
+    """Whether a kept row (latency, then units in ``keys``) is at or under this one on all."""
+    if not count[0]:
+        return False
+    me = np.array([latency, *(mine[k] for k in keys)])
+    return bool((table[:count[0]] <= me).all(axis=1).any())
 
 
 def _within_token_limits(opts: StepOptions, phase: Phase, options: list[Option]) -> list[Option]:

@@ -88,14 +88,10 @@ def plan(
                         keep=lambda s: s[1] is None or s[1].status in ("optimal", "infeasible"))
 
     shortcut = _uncapped_first(model, snapshot, current, solved)
-    if shortcut is not None:
-        options, result = shortcut
-    else:
-        options, found = solved(snapshot)
-        if found is None:
-            return Plan(feasible=False, sla_seconds=sla,
-                        reasons=diagnose.empty_slots(model, options))
-        result = found
+    options, found = shortcut if shortcut is not None else solved(snapshot)
+    if found is None:
+        return Plan(feasible=False, sla_seconds=sla, reasons=diagnose.empty_slots(model, options))
+    result = found
     if result.selection is None and result.status != "infeasible":
         return Plan(feasible=False, sla_seconds=sla, solver_status=result.status,
                     solve_seconds=result.seconds,
@@ -107,7 +103,7 @@ def plan(
                     reasons=["no plan meets the SLA within the capacity given"])
     if result.selection is None:
         relaxed = None
-        if snapshot.capacities():
+        if snapshot.capacities() and shortcut is None:  # (the shortcut: none even without)
             relaxed = milp.solve(model, options, snapshot.without_capacity(),
                                  time_limit).selection
         reasons = diagnose.infeasible(model, options, snapshot, relaxed)
@@ -180,7 +176,7 @@ def _uncapped_first(
     snapshot: ClusterSnapshot,
     current: Placement | None,
     solved: Callable[[ClusterSnapshot], Solved],
-) -> tuple[dict[str, StepOptions], milp.MilpResult] | None:
+) -> Solved | None:
     """Exact shortcut for a cluster with room: solve without capacity limits (no units axis in
     the pruning, so far fewer candidates). When that optimum also fits the capacities it is
     optimal with them too (their plans are a subset). None: solve with the capacities.
@@ -190,7 +186,11 @@ def _uncapped_first(
     if not snapshot.capacities():
         return None
     options, result = solved(snapshot.without_capacity())
-    if result is None or result.selection is None or result.status != "optimal":
+    if result is None or (result.selection is None and result.status == "infeasible"):
+        # Nothing fits even without the limits, so nothing fits with them: the limited
+        # model (units in every pool's Pareto pruning, far more candidates) is never built.
+        return options, result
+    if result.selection is None or result.status != "optimal":
         return None
     if not evaluate(model, options, result.selection, snapshot).feasible:
         return None
