@@ -368,7 +368,7 @@ def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
     # fits everywhere has tens of thousands of combinations (seen: 57,060, and minutes of
     # pairwise checks before).
     kept: list[_Raw] = []
-    tables: dict[frozenset[str], tuple[list[str], np.ndarray, list[int]]] = {}
+    tables: dict[frozenset[str], _Rows] = {}  # per set of capped pools held: the kept rows
     below: dict[frozenset[str], list[frozenset[str]]] = {}  # the sets within each set
     for c in ordered:
         mine = {p: u for p, u in c[3] if p in capped and u > 0}
@@ -379,26 +379,35 @@ def _prune_configs(configs: list[_Raw], capped: frozenset[str]) -> list[_Raw]:
                 if support < t:
                     below[t].append(support)
             below[support].append(support)
-            tables[support] = (sorted(support), np.empty((16, len(support) + 1)), [0])
-        if any(_beaten(c[1], mine, *tables[t]) for t in below[support]):
+            tables[support] = _Rows(sorted(support))
+        if any(tables[t].beat(c[1], mine) for t in below[support]):
             continue
         kept.append(c)
-        keys, table, count = tables[support]
-        if count[0] == len(table):
-            table = np.concatenate([table, np.empty_like(table)])
-            tables[support] = (keys, table, count)
-        table[count[0]] = [c[1], *(mine[k] for k in keys)]
-        count[0] += 1
+        tables[support].add(c[1], mine)
     return kept
 
 
-def _beaten(latency: float, mine: Mapping[str, float], keys: list[str], table: np.ndarray,
-            count: list[int]) -> bool:
-    """Whether a kept row (latency, then units in ``keys``) is at or under this one on all."""
-    if not count[0]:
-        return False
-    me = np.array([latency, *(mine[k] for k in keys)])
-    return bool((table[:count[0]] <= me).all(axis=1).any())
+class _Rows:
+    """Kept configurations holding units in the same capped pools: latency, then the units in
+    each of ``keys``, one row each."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.table = np.empty((16, len(keys) + 1))
+        self.count = 0
+
+    def beat(self, latency: float, mine: Mapping[str, float]) -> bool:
+        """Whether a row is at or under this configuration on every axis."""
+        if not self.count:
+            return False
+        me = np.array([latency, *(mine[k] for k in self.keys)])
+        return bool((self.table[:self.count] <= me).all(axis=1).any())
+
+    def add(self, latency: float, mine: Mapping[str, float]) -> None:
+        if self.count == len(self.table):
+            self.table = np.concatenate([self.table, np.empty_like(self.table)])
+        self.table[self.count] = [latency, *(mine[k] for k in self.keys)]
+        self.count += 1
 
 
 def _within_token_limits(opts: StepOptions, phase: Phase, options: list[Option]) -> list[Option]:
