@@ -160,9 +160,6 @@ class _Node:
     block: Block | None = None  # the original block, while not merged
     merged: bool = False
 
-    def room(self, sla: float) -> float:
-        return _room(sla, self.head, self.tail)
-
 
 def _room(sla: float, head: float, tail: float) -> float:
     return (sla - head - tail) * (1 + SLACK_TOL) + 1e-12
@@ -189,7 +186,7 @@ def reduce(graph: GraphModel, usable: Mapping[str, Sequence[Config]]) -> Reduced
                 a, b = nodes[ids[0]], nodes[ids[1]]
                 assert a.front is not None and b.front is not None
                 front = None if (a.id, b.id) in too_large else _combine(
-                    a.front, b.front, "parallel", (1.0, 1.0), a.room(sla))
+                    a.front, b.front, "parallel", (1.0, 1.0), _room(sla, a.head, a.tail))
                 if front is None:
                     too_large.add((a.id, b.id))
                     ids.pop(1)

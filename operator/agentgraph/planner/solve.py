@@ -179,7 +179,8 @@ def _uncapped_first(
 ) -> Solved | None:
     """Exact shortcut for a cluster with room: solve without capacity limits (no units axis in
     the pruning, so far fewer candidates). When that optimum also fits the capacities it is
-    optimal with them too (their plans are a subset). None: solve with the capacities.
+    optimal with them too (their plans are a subset). When nothing is feasible without them,
+    nothing is with them: that answer is returned too. None: solve with the capacities.
 
     With a running placement, the shortcut also needs that placement among its candidates, so
     that keeping it can still be weighed."""
