@@ -107,7 +107,7 @@ def test_a_solve_longer_than_the_lease_never_starves_its_renewal(
     import planner_bench
 
     profiles = planner_bench.pools()
-    graph = planner_bench.generated(200, 2, profiles, 1.5, "agents")  # about 3 s here
+    graph = planner_bench.generated(500, 5, profiles, 1.5, "agents")  # about 4 s here
     fake = FakeLeases()
     lead = leader.Leader(client.ApiClient(client.Configuration()), "ns", identity="me")
     lead.leases = fake  # type: ignore[assignment]

@@ -137,3 +137,28 @@ def highs_lp(b: Builder) -> highspy.HighsLp:
     lp.a_matrix_.index_ = index
     lp.a_matrix_.value_ = value
     return lp
+
+
+def select_columns(model: highspy.HighsLp, keep: np.ndarray) -> highspy.HighsLp:
+    """The column-wise ``model`` with only the columns where ``keep`` is true, in their order
+    (the rows stay; integrality is not carried)."""
+    starts = np.asarray(model.a_matrix_.start_)
+    index = np.asarray(model.a_matrix_.index_)
+    value = np.asarray(model.a_matrix_.value_)
+    cols = np.flatnonzero(keep)
+    counts = starts[cols + 1] - starts[cols]
+    picked = (np.repeat(starts[cols] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+              + np.arange(counts.sum()))
+    out = highspy.HighsLp()
+    out.num_col_ = len(cols)
+    out.num_row_ = model.num_row_
+    out.col_cost_ = np.asarray(model.col_cost_)[cols]
+    out.col_lower_ = np.asarray(model.col_lower_)[cols]
+    out.col_upper_ = np.asarray(model.col_upper_)[cols]
+    out.row_lower_ = np.asarray(model.row_lower_)
+    out.row_upper_ = np.asarray(model.row_upper_)
+    out.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    out.a_matrix_.start_ = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+    out.a_matrix_.index_ = index[picked].astype(np.int32)
+    out.a_matrix_.value_ = value[picked]
+    return out

@@ -23,8 +23,9 @@ runs. Before the MILP, one LP relaxation gives a lower bound and reduced costs; 
 (the running one when re-planning, the LP's rounded-up solution, or the MILP over the LP's
 support, each improved step by step) gives an upper bound. A configuration whose reduced cost
 exceeds the gap between the two is in no plan cheaper than that feasible one, so it is dropped
-(reduced-cost fixing, exact). Then HiGHS's branch and bound and, on small models, ours
-(``branch``) race on what is left.
+(reduced-cost fixing, exact). Then HiGHS's branch and bound and ours (``branch``) race on
+what is left, at every size: ours proves most plans first (its splits are chosen by solving
+them), and HiGHS goes on where ours runs out of room for its open nodes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import highspy
@@ -52,9 +53,6 @@ SLACK_TOL = 1e-9  # keep configurations that meet the SLA only up to rounding
 FIX_TOL = 1e-7  # reduced-cost fixing keeps a configuration within this (relative) of the gap
 IMPROVE_PASSES = 8  # bound on the start heuristic's passes over the steps
 ENGINES = ("highs", "branch")  # raced; the first to prove its plan stops the other
-# Our search joins the race only for models this small (after fixing): on bigger ones it rarely
-# wins and takes a core from HiGHS's two threads (measured: 200 and 500 steps got slower).
-RACE_COLUMNS = 1200
 NEIGHBOURHOOD_SECONDS = 2.0  # at most this (and a tenth of the time limit) for the RENS start
 SUPPORT = 1e-9  # a column is used by an LP solution above this
 
@@ -416,8 +414,7 @@ class _Run:
             worker = threading.Thread(target=lambda: theirs.append(_finish(highs, stop)),
                                       name="highs", daemon=True)
             worker.start()
-        small = self.kept <= RACE_COLUMNS or "highs" not in engines
-        if "branch" in engines and small:
+        if "branch" in engines:
             ours.append(self._branch(upper, chosen, deadline, stop))
             if ours[0].proven:
                 stop.set()
@@ -483,23 +480,33 @@ class _Run:
 
     def _branch(self, upper: np.ndarray, given: set[int] | None, deadline: float,
                 stop: threading.Event) -> branch.Answer:
+        # Its LP holds only the columns left: every finish time, and each configuration not
+        # fixed away (at 500 steps, about a third). ``where``: a column's index there.
+        left = ~self.integer | (upper > 0)
+        where = np.cumsum(left) - 1
         groups = []
         for p in self.problems:
             for cols in p.columns.values():
                 kept = sorted(((c.latency, c.objective, col) for col, c in cols
                                if upper[col] > 0), key=lambda t: (t[0], t[1]))
-                groups.append(branch.Group(np.array([t[2] for t in kept], dtype=np.int64),
+                groups.append(branch.Group(np.array([where[t[2]] for t in kept], dtype=np.int64),
                                            np.array([t[0] for t in kept])))
         h = lp.quiet_highs()
         model = self.lp
         model.col_upper_ = lp.infinite(upper)
-        h.passModel(model)
+        h.passModel(lp.select_columns(model, left))
+        cost = self.cost[left]
         incumbent = None
         if given is not None:  # its columns are never fixed away
-            chosen = np.array([next(c for c in g.columns if c in given) for g in groups])
-            incumbent = (chosen, float(self.cost[chosen].sum()))
-        return branch.search(h, groups, self.cost, upper, incumbent, rounding=not self.limits,
-                             gap=MIP_REL_GAP, deadline=deadline, stop=stop)
+            mine = {int(where[c]) for c in given}
+            chosen = np.array([next(c for c in g.columns if c in mine) for g in groups])
+            incumbent = (chosen, float(cost[chosen].sum()))
+        answer = branch.search(h, groups, cost, upper[left], incumbent,
+                               rounding=not self.limits, gap=MIP_REL_GAP, deadline=deadline,
+                               stop=stop)
+        if answer.chosen is None:
+            return answer
+        return replace(answer, chosen=np.flatnonzero(left)[answer.chosen])
 
     def stats(self) -> SolveStats:
         columns = sum(len(cols) for p in self.problems for cols in p.columns.values())
