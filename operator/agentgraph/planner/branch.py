@@ -9,6 +9,8 @@ queue orders children by their own bound. At every node:
 - the LP solution with each step at the fastest configuration it uses is a feasible plan
   (durations only shrink; without capacity rows, nothing else can break), a new incumbent when
   it is cheaper;
+- a new incumbent is first improved step by step (``milp._improve``); on 500-step graphs
+  this halves the time of some, as the cutoff tightens sooner;
 - reduced-cost fixing: a configuration whose reduced cost exceeds the gap between the
   incumbent and the node's bound is in no cheaper plan below this node;
 - the step to split is chosen by how much its split raises the two children's bounds
@@ -28,7 +30,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import highspy
@@ -79,10 +81,13 @@ def search(
     gap: float,
     deadline: float,
     stop: threading.Event,
+    improve: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Answer:
     """``highs`` holds the LP relaxation (no integrality). ``incumbent``: per group the column
     of a known feasible plan, and its value. ``rounding``: the rounded-up LP solution is
-    feasible (no capacity rows)."""
+    feasible (no capacity rows). ``improve``: a feasible plan (a column per group) -> a plan at
+    most as costly; every new incumbent from a fractional node's rounding goes through it
+    (the rounding leaves the split steps faster than the LP needed them)."""
     columns = np.concatenate([g.columns for g in groups])
     # Where each group starts in ``columns``: per-group maxima and firsts in one numpy call.
     starts = np.cumsum([0] + [len(g.columns) for g in groups[:-1]])
@@ -171,6 +176,8 @@ def search(
             used = np.flatnonzero(x > SUPPORT)
             chosen = columns[used[np.searchsorted(used, starts)]]
         if chosen is not None and float(cost[chosen].sum()) < value:
+            if improve is not None and len(fractional):
+                chosen = improve(chosen)
             best, value = chosen, float(cost[chosen].sum())
         if not len(fractional):
             continue

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -503,10 +503,37 @@ class _Run:
             incumbent = (chosen, float(cost[chosen].sum()))
         answer = branch.search(h, groups, cost, upper[left], incumbent,
                                rounding=not self.limits, gap=MIP_REL_GAP, deadline=deadline,
-                               stop=stop)
+                               stop=stop, improve=self._improver(upper, where))
         if answer.chosen is None:
             return answer
         return replace(answer, chosen=np.flatnonzero(left)[answer.chosen])
+
+    def _improver(self, upper: np.ndarray, where: np.ndarray
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+        """``_improve`` for our search: a column per step (in its groups' order, numbered as
+        its LP numbers them) -> the plan improved step by step among the columns left."""
+        problems = [_Problem(p.graph, {name: [c for col, c in cols if upper[col] > 0]
+                                       for name, cols in p.columns.items()}, {})
+                    for p in self.problems]
+        at: dict[int, tuple[int, str, Config]] = {}
+        column: list[dict[tuple[str, int], int]] = [{} for _ in problems]
+        for pi, p in enumerate(self.problems):
+            for name, cols in p.columns.items():
+                for col, c in cols:
+                    if upper[col] > 0:
+                        at[int(where[col])] = (pi, name, c)
+                        column[pi][(name, id(c))] = int(where[col])
+
+        def improve(chosen: np.ndarray) -> np.ndarray:
+            picks: list[dict[str, Config]] = [{} for _ in problems]
+            for col in chosen.tolist():
+                pi, name, c = at[col]
+                picks[pi][name] = c
+            better = [_improve(p, pick, {}, {}) for p, pick in zip(problems, picks, strict=True)]
+            return np.array([column[pi][(name, id(c))] for pi, pick in enumerate(better)
+                             for name, c in pick.items()], dtype=np.int64)
+
+        return improve
 
     def stats(self) -> SolveStats:
         columns = sum(len(cols) for p in self.problems for cols in p.columns.values())
