@@ -503,7 +503,8 @@ class _Run:
             incumbent = (chosen, float(cost[chosen].sum()))
         answer = branch.search(h, groups, cost, upper[left], incumbent,
                                rounding=not self.limits, gap=MIP_REL_GAP, deadline=deadline,
-                               stop=stop, improve=self._improver(upper, where))
+                               stop=stop,
+                               improve=None if self.limits else self._improver(upper, where))
         if answer.chosen is None:
             return answer
         return replace(answer, chosen=np.flatnonzero(left)[answer.chosen])
