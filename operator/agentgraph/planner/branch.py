@@ -89,8 +89,10 @@ def search(
     most as costly; every new incumbent from a fractional node's rounding goes through it
     (the rounding leaves the split steps faster than the LP needed them)."""
     columns = np.concatenate([g.columns for g in groups])
-    # Where each group starts in ``columns``: per-group maxima and firsts in one numpy call.
-    starts = np.cumsum([0] + [len(g.columns) for g in groups[:-1]])
+    # Where each group starts and ends in ``columns``: per-group maxima and firsts in one
+    # numpy call, and a group's share of a node's arrays as a slice.
+    ends = np.cumsum([len(g.columns) for g in groups])
+    starts = ends - [len(g.columns) for g in groups]
     best, value = (None, np.inf) if incumbent is None else incumbent
     nodes = 0
     counter = 0
@@ -106,7 +108,7 @@ def search(
         wanted = np.where(fixed, 0.0, upper[columns])
         for gi, (a, b) in intervals.items():
             wanted[starts[gi]:starts[gi] + a] = 0.0
-            wanted[starts[gi] + b:starts[gi] + len(groups[gi].columns)] = 0.0
+            wanted[starts[gi] + b:ends[gi]] = 0.0
         changed = np.flatnonzero(wanted != applied)
         if len(changed):  # only what differs from the last node's LP
             highs.changeColsBounds(len(changed), columns[changed].astype(np.int32),
@@ -138,7 +140,7 @@ def search(
         """Both children of splitting group ``gi`` where its LP duration falls, and the
         split's score; the rises are remembered for the group."""
         g = groups[gi]
-        share = node.x[starts[gi]:starts[gi] + len(g.columns)]
+        share = node.x[starts[gi]:ends[gi]]
         a, b = node.intervals.get(gi, (0, len(g.columns)))
         split = int(np.searchsorted(g.latency, float(share @ g.latency), side="right"))
         split = min(max(split, a + 1), b - 1)
@@ -188,7 +190,7 @@ def search(
 
         # Looked at in order of how much their used configurations differ in cost.
         order = sorted(fractional.tolist(), key=lambda i: -float(np.ptp(
-            cost[groups[i].columns[x[starts[i]:starts[i] + len(groups[i].columns)] > SUPPORT]])))
+            cost[groups[i].columns[x[starts[i]:ends[i]] > SUPPORT]])))
         kept: list[_Node | None] | None = None
         score = -np.inf
         for gi in [i for i in order if splits[i] < RELIABLE][:LOOK_AHEAD]:
